@@ -1,0 +1,5 @@
+import sys
+
+from unihema.cli import main
+
+sys.exit(main())

@@ -1,0 +1,19 @@
+"""One reader per native dataset format. Importing this package registers every reader.
+
+| module | format | datasets read with it |
+|---|---|---|
+| ``voc`` | Pascal VOC XML boxes | bccd |
+| ``yolo`` | YOLO txt boxes (train/val/test folders, data.yaml) | txl_pbc, fiocruz_malaria_thick |
+| ``coco`` | COCO json boxes / polygons | any COCO export |
+| ``masks`` | image + mask pairs with a value mapping | segmentation_wbc, bccd_nucleus_masks |
+| ``folders`` | class folders (single cells, field-level labels, cells with paired masks) | pbc, bccd_wbc_crops, sickle_uganda, erythrocytesidb1 |
+| ``attributes`` | attribute CSV joined to images | wbcatt (with pbc) |
+| ``points`` | point annotations turned into single-cell crops | chula_rbc12 |
+
+Each reader's ``priority`` orders :func:`unihema.data.formats.base.detect_format`: specific formats first.
+"""
+
+from unihema.data.formats import attributes, coco, folders, masks, points, voc, yolo  # noqa: F401
+from unihema.data.formats.base import READERS, WrongFormatError, detect_format, get_reader
+
+__all__ = ["READERS", "WrongFormatError", "detect_format", "get_reader"]

@@ -1,0 +1,138 @@
+"""Before/after evaluation reports: ``report.json``, a readable ``report.md`` and overlay images.
+
+``report.json`` layout::
+
+    {
+      "tasks": {
+        "<task>": {"metric": "mAP50", "before": 0.01, "after": 0.42, "improved": true,
+                   "details_before": {...}, "details_after": {...}, "examples": [...]}
+      },
+      "meta": {...}          # corpus, preset, timings, command
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from unihema.data.schema import Task
+from unihema.data.vocab import DETECTION_CLASSES
+from unihema.evaluate.evaluator import TaskResult
+
+OVERLAY_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def build_report(before: Mapping[Task, TaskResult], after: Mapping[Task, TaskResult], meta: Mapping[str, Any]) -> dict[str, Any]:
+    tasks: dict[str, Any] = {}
+    for task, result_after in after.items():
+        result_before = before.get(task)
+        value_before = None if result_before is None else result_before.value
+        tasks[Task(task).value] = {
+            "metric": result_after.metric,
+            "before": value_before,
+            "after": result_after.value,
+            "improved": value_before is not None and result_after.value > value_before,
+            "details_before": {} if result_before is None else result_before.details,
+            "details_after": result_after.details,
+            "examples": result_after.examples,
+        }
+    return _jsonable({"tasks": tasks, "meta": dict(meta)})
+
+
+def markdown_report(report: Mapping[str, Any], overlays: Sequence[str] = ()) -> str:
+    lines = ["# UniHema demo report", "", "| task | metric | before training | after training |", "|---|---|---|---|"]
+    for task, entry in report["tasks"].items():
+        before = "n/a" if entry["before"] is None else f"{entry['before']:.4f}"
+        lines.append(f"| {task} | {entry['metric']} | {before} | {entry['after']:.4f} |")
+    meta = report.get("meta", {})
+    if meta:
+        lines += ["", "## Run", ""] + [f"- {key}: {value}" for key, value in meta.items()]
+    for task in ("vqa", "mlm"):
+        examples = report["tasks"].get(task, {}).get("examples", [])
+        if examples:
+            lines += ["", f"## Sample answers ({task})", "", "| prompt | answer | reference |", "|---|---|---|"]
+            lines += [f"| {e['prompt']} | {e['answer']} | {e['reference']} |" for e in examples]
+    if overlays:
+        lines += ["", "## Overlays", ""] + [f"![{Path(p).stem}]({p})" for p in overlays]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, report: Mapping[str, Any], overlays: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` atomically into ``out_dir``; returns both paths."""
+    out_dir = Path(out_dir)
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(md_path, markdown_report(report, overlays))
+    return json_path, md_path
+
+
+def draw_detections(image: Image.Image, boxes: np.ndarray, labels: Sequence[int], scores: Sequence[float] | None = None) -> Image.Image:
+    """Boxes with class names (and scores) drawn on a copy of ``image``."""
+    canvas = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(canvas)
+    for index, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), labels)):
+        colour = OVERLAY_COLOURS[int(label) % len(OVERLAY_COLOURS)]
+        draw.rectangle([float(v) for v in box], outline=colour, width=2)
+        caption = DETECTION_CLASSES[int(label)] if 0 <= int(label) < len(DETECTION_CLASSES) else str(label)
+        if scores is not None:
+            caption += f" {float(scores[index]):.2f}"
+        draw.text((float(box[0]) + 2, float(box[1]) + 1), caption, fill=colour)
+    return canvas
+
+
+def draw_mask(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 255), alpha: float = 0.45) -> Image.Image:
+    """``mask`` (H, W) bool blended over a copy of ``image``."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != base.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape} does not match image {base.shape[:2]}")
+    blended = base.copy()
+    blended[mask] = (1 - alpha) * base[mask] + alpha * np.asarray(colour, dtype=np.float32)
+    return Image.fromarray(blended.clip(0, 255).astype(np.uint8))
+
+
+def save_image_atomic(image: Image.Image, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        image.save(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

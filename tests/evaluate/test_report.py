@@ -1,0 +1,40 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unihema.data.schema import Task
+from unihema.evaluate.evaluator import TaskResult
+from unihema.evaluate.report import build_report, draw_detections, draw_mask, write_report
+
+
+def test_report_json_and_markdown(tmp_path):
+    before = {Task.DETECTION: TaskResult(Task.DETECTION, "mAP50", 0.01)}
+    after = {
+        Task.DETECTION: TaskResult(Task.DETECTION, "mAP50", 0.4, {"mAP50_95": 0.2}),
+        Task.VQA: TaskResult(Task.VQA, "BLEU4", 30.0, examples=[{"prompt": "Q: x?", "answer": "a", "reference": "b"}]),
+    }
+    report = build_report(before, after, {"preset": "tiny", "nan": float("nan")})
+    json_path, md_path = write_report(tmp_path, report, overlays=["overlays/detection.png"])
+    loaded = json.loads(json_path.read_text())
+    assert loaded["tasks"]["detection"]["before"] == 0.01
+    assert loaded["tasks"]["detection"]["improved"] is True
+    assert loaded["tasks"]["vqa"]["before"] is None and loaded["tasks"]["vqa"]["improved"] is False
+    assert loaded["meta"]["nan"] is None
+    text = md_path.read_text()
+    assert "| detection | mAP50 | 0.0100 | 0.4000 |" in text
+    assert "| Q: x? | a | b |" in text and "overlays/detection.png" in text
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_overlays_change_pixels_where_drawn():
+    image = Image.new("RGB", (40, 40), (255, 255, 255))
+    boxed = np.asarray(draw_detections(image, np.array([[5, 5, 30, 30]]), [0], [0.9]))
+    assert (boxed[5, 10] != 255).any() and (boxed[20, 20] == 255).all()
+    mask = np.zeros((40, 40), bool)
+    mask[:10] = True
+    blended = np.asarray(draw_mask(image, mask))
+    assert (blended[:10] != 255).any() and (blended[10:] == 255).all()
+    with pytest.raises(ValueError, match="mask shape"):
+        draw_mask(image, np.zeros((3, 3), bool))

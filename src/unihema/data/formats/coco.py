@@ -1,0 +1,313 @@
+"""COCO json reader: ``images``, ``annotations`` (``bbox`` = x, y, w, h pixels) and ``categories``.
+
+Annotation files are looked for at the root, in ``annotations/`` and in split folders (Roboflow writes
+``<split>/_annotations.coco.json`` beside the images), up to two levels below the root. The split comes from
+the file name (``instances_val2017.json``, ``test.json``) or its folder (``valid/``).
+Image files are resolved, in order, against: the ``images_root`` option, the json's folder, ``images/``
+beside it, the json's parent folder and ``images/`` there, and ``<parent>/<json stem>`` (COCO's
+``annotations/instances_val2017.json`` + ``val2017/``).
+
+Per annotation, optional field-of-view attributes (the 6 LeukemiaAttri attributes) are read from an
+``attributes`` dict or from top-level keys of the same names; values may be value names or indices. An
+image with at least one attribute value is a ``fov_morphology`` sample, else a ``detection`` sample.
+
+Quirk policy: see :mod:`unihema.data.formats._readutil` for boxes. An annotation whose category is unknown
+(not in ``categories``, or not in the vocabulary) makes its image skipped: dropping the box alone would
+teach that object as background. Crowd regions (``iscrowd=1``) are not boxes; they are left out of the
+targets and kept in ``Sample.extra["crowd_boxes"]``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unihema.data.formats._readutil import (
+    annotated,
+    candidate_dirs,
+    canonical_split,
+    check_image,
+    clean_boxes,
+    dataset_name,
+    default_disease,
+    describe_folder,
+    fix,
+    rel,
+    skip,
+    split_from_name,
+)
+from unihema.data.formats.base import WrongFormatError, register_reader
+from unihema.data.schema import UNKNOWN, FileImage, ReadResult, Sample, Task
+from unihema.data.vocab import FOV_ATTRIBUTES, detection_index, normalize_label
+
+SNIFF_BYTES = 1 << 20  # sniff reads at most the first MiB of a json file
+COCO_KEYS = ('"images"', '"annotations"', '"categories"')
+ATTRIBUTE_ALIASES = {"nuclear_chromatio": "nuclear_chromatin"}  # misspelling seen in upstream loaders
+
+
+def _json_candidates(root: Path) -> list[Path]:
+    found = []
+    for folder in candidate_dirs(root):
+        found.extend(sorted(p for p in folder.glob("*.json") if p.is_file()))
+    return found
+
+
+def _looks_like_coco(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(SNIFF_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return head.lstrip().startswith("{") and sum(key in head for key in COCO_KEYS) >= 2
+
+
+def find_coco_files(root: Path) -> list[Path]:
+    """Json files at or below ``root`` that look like COCO annotation files (cheap text check)."""
+    return [p for p in _json_candidates(Path(root)) if _looks_like_coco(p)]
+
+
+def _split_of(path: Path) -> str | None:
+    return split_from_name(path.stem) or canonical_split(path.parent.name)
+
+
+def _image_dirs(json_path: Path, images_root: Path | None) -> list[Path]:
+    here, parent = json_path.parent, json_path.parent.parent
+    stem = json_path.stem.removeprefix("instances_")
+    dirs = [images_root] if images_root is not None else []
+    return dirs + [here, here / "images", parent, parent / "images", parent / stem, parent / "images" / stem]
+
+
+def _attribute_values(ann: dict[str, Any]) -> tuple[list[int], list[str]]:
+    """Value index per FOV attribute (``UNKNOWN`` where absent) and messages for values that were not read."""
+    source = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
+    merged = {
+        ATTRIBUTE_ALIASES.get(normalize_label(k).replace(" ", "_"), normalize_label(k).replace(" ", "_")): v
+        for k, v in {**ann, **source}.items()
+    }
+    values, problems = [], []
+    for attribute, names in FOV_ATTRIBUTES:
+        value = merged.get(attribute)
+        if value is None:
+            values.append(UNKNOWN)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == int(value):
+            if 0 <= int(value) < len(names):
+                values.append(int(value))
+            else:
+                values.append(UNKNOWN)
+                problems.append(f"{attribute}={value} is not one of 0..{len(names) - 1}")
+        elif isinstance(value, str) and value.strip().lower() in names:
+            values.append(names.index(value.strip().lower()))
+        else:
+            values.append(UNKNOWN)
+            problems.append(f"{attribute}={value!r} is not one of {names}")
+    return values, problems
+
+
+def _polygon_box(segmentation: Any) -> list[float] | None:
+    """xywh box around COCO polygon(s), or None when there is no polygon."""
+    if not isinstance(segmentation, list) or not segmentation:
+        return None
+    points = [v for poly in segmentation if isinstance(poly, list) for v in poly]
+    if len(points) < 4:
+        return None
+    xs, ys = points[0::2], points[1::2]
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+
+
+@register_reader
+class CocoReader:
+    """COCO detection json.
+
+    Options of :meth:`read`:
+        disease: disease context of every sample (default: the dataset's known context, else ``None``).
+        verify_images: decode every image to catch truncated files and check the json's size (default False:
+            only checks that the image file exists).
+        images_root: folder tried first for ``file_name`` (default None: see the module docstring).
+        class_map: category name -> vocabulary name, applied before alias lookup (default none).
+    """
+
+    name = "coco"
+    description = "COCO json boxes (images / annotations with bbox x,y,w,h / categories, optional attributes)"
+    priority = 15
+
+    def sniff(self, root: Path) -> bool:
+        return bool(find_coco_files(Path(root)))
+
+    def read(
+        self,
+        root: Path,
+        dataset: str | None = None,
+        *,
+        disease: str | None = None,
+        verify_images: bool = False,
+        images_root: str | Path | None = None,
+        class_map: dict[str, str] | None = None,
+    ) -> ReadResult:
+        root = Path(root)
+        files = find_coco_files(root)
+        if not files:
+            raise WrongFormatError(
+                f"{root}: expected a COCO json (with images, annotations and categories), found {describe_folder(root)}"
+            )
+        name = dataset_name(root, dataset)
+        result = ReadResult(dataset=name, format=self.name)
+        disease = default_disease(name, disease)
+        extra_root = Path(images_root) if images_root is not None else None
+        if extra_root is not None and not extra_root.is_absolute():
+            extra_root = root / extra_root
+        seen: set[int] = set()
+        for path in files:
+            seen |= self._read_file(
+                path, root, result, name, disease, verify_images, extra_root, class_map or {}
+            )
+        result.annotated_classes = annotated(seen)
+        return result
+
+    def _read_file(
+        self,
+        path: Path,
+        root: Path,
+        result: ReadResult,
+        name: str,
+        disease: str | None,
+        verify: bool,
+        images_root: Path | None,
+        class_map: dict[str, str],
+    ) -> set[int]:
+        where = rel(path, root)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            skip(result, where, f"unreadable json ({err})")
+            return set()
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            skip(result, where, "not a COCO annotation file: no `images` list")
+            return set()
+        categories: dict[Any, int | str] = {}  # category id -> vocabulary index, or the reason it is unusable
+        for cat in data.get("categories") or []:
+            cat_name = str(cat.get("name", ""))
+            try:
+                categories[cat.get("id")] = detection_index(class_map.get(cat_name, cat_name))
+            except KeyError:
+                categories[cat.get("id")] = f"category {cat_name!r} is not in the detection vocabulary"
+        by_image: dict[Any, list[dict[str, Any]]] = {}
+        for ann in data.get("annotations") or []:
+            by_image.setdefault(ann.get("image_id"), []).append(ann)
+        split = _split_of(path)
+        dirs = _image_dirs(path, images_root)
+        for info in data["images"]:
+            sample = self._read_image(
+                info,
+                by_image.get(info.get("id"), []),
+                categories,
+                dirs,
+                where,
+                root,
+                result,
+                name,
+                disease,
+                verify,
+                split,
+            )
+            if sample is not None:
+                result.samples.append(sample)
+        # Every declared category is annotated (an image without its boxes has none of it).
+        return {value for value in categories.values() if isinstance(value, int)}
+
+    def _read_image(
+        self,
+        info: dict[str, Any],
+        anns: list[dict[str, Any]],
+        categories: dict[Any, int | str],
+        dirs: list[Path],
+        where: str,
+        root: Path,
+        result: ReadResult,
+        name: str,
+        disease: str | None,
+        verify: bool,
+        split: str | None,
+    ) -> Sample | None:
+        file_name = str(info.get("file_name", ""))
+        item = f"{where}: image {info.get('id')} ({file_name})"
+        if not file_name:
+            skip(result, item, "image entry has no file_name")
+            return None
+        image = next((d / file_name for d in dirs if (d / file_name).is_file()), None)
+        if image is None:
+            skip(result, item, f"image file {file_name} not found")
+            return None
+        size: tuple[int, int] | None = None
+        if isinstance(info.get("width"), (int, float)) and isinstance(info.get("height"), (int, float)):
+            size = (int(info["height"]), int(info["width"]))
+        if verify or size is None:
+            real, problem = check_image(image, verify)
+            if problem:
+                skip(result, item, problem)
+                return None
+            if size is not None and real != size:
+                skip(
+                    result, item, f"json size {size[1]}x{size[0]} differs from the image {real[1]}x{real[0]}"
+                )
+                return None
+            size = real
+        boxes, labels, attrs, crowd = [], [], [], []
+        for ann in anns:
+            category = categories.get(
+                ann.get("category_id"), f"category id {ann.get('category_id')} is not defined"
+            )
+            if isinstance(category, str):
+                skip(result, item, f"annotation {ann.get('id')}: {category}")
+                return None
+            bbox = ann.get("bbox")
+            if not (isinstance(bbox, list) and len(bbox) == 4):
+                bbox = _polygon_box(ann.get("segmentation"))
+                if bbox is None:
+                    skip(
+                        result, item, f"annotation {ann.get('id')} has neither a 4-number bbox nor a polygon"
+                    )
+                    return None
+                fix(result, item, f"annotation {ann.get('id')}: box taken around its polygon (no bbox)")
+            try:
+                x, y, w, h = (float(v) for v in bbox)
+            except (TypeError, ValueError):
+                skip(result, item, f"annotation {ann.get('id')}: bbox {bbox} is not 4 numbers")
+                return None
+            if ann.get("iscrowd"):
+                crowd.append([x, y, x + w, y + h])
+                continue
+            values, problems = _attribute_values(ann)
+            for problem in problems:
+                fix(result, item, f"annotation {ann.get('id')}: {problem}: read as unknown")
+            boxes.append([x, y, x + w, y + h])
+            labels.append(category)
+            attrs.append(values)
+        checked = clean_boxes(np.asarray(boxes).reshape(-1, 4), np.asarray(labels, dtype=np.int64), size)
+        if checked.error:
+            skip(result, item, checked.error)
+            return None
+        for what in checked.fixes:
+            fix(result, item, what)
+        attributes = np.asarray(attrs, dtype=np.int64).reshape(-1, len(FOV_ATTRIBUTES))[checked.keep]
+        extra: dict[str, Any] = {"image_id": info.get("id")}
+        if crowd:
+            fix(result, item, f"{len(crowd)} crowd region(s) left out of the box targets")
+            extra["crowd_boxes"] = np.asarray(crowd, dtype=np.float32)
+        has_attributes = bool((attributes != UNKNOWN).any())
+        return Sample(
+            image=FileImage(image),
+            task=Task.FOV_MORPHOLOGY if has_attributes else Task.DETECTION,
+            dataset=name,
+            sample_id=rel(image, root),
+            split=split,
+            disease=disease,
+            boxes=checked.boxes,
+            box_labels=checked.labels,
+            box_attributes=attributes,
+            image_size=size,
+            source_path=image,
+            extra=extra,
+        )

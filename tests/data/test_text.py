@@ -1,0 +1,194 @@
+"""Template-based VQA / masked-sentence supervision from WBCAtt attributes."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from unihema.data.schema import UNKNOWN, ArrayImage, Sample, Task
+from unihema.data.text import (
+    MLM_MASK_COUNTS,
+    decode_attributes,
+    describe,
+    masked_sentences,
+    text_samples,
+    vqa_pairs,
+)
+from unihema.data.vocab import CELL_ATTRIBUTE_NAMES, CELL_ATTRIBUTES, cell_index
+
+NEUTROPHIL = {
+    "cell_size": "big",
+    "cell_shape": "round",
+    "nucleus_shape": "segmented-bilobed",
+    "nuclear_cytoplasmic_ratio": "low",
+    "chromatin_density": "densely",
+    "cytoplasm_vacuole": "no",
+    "cytoplasm_texture": "clear",
+    "cytoplasm_colour": "light blue",
+    "granule_type": "small",
+    "granule_colour": "pink",
+    "granularity": "yes",
+}
+# Open questions: class + 11 attributes. Yes/no: class + the 9 attributes whose values are not yes/no.
+FULL_VQA = 1 + 11 + 1 + 9
+SENTINEL = re.compile(r"<extra_id_(\d+)>")
+
+
+def test_vqa_is_deterministic_and_seed_dependent() -> None:
+    assert vqa_pairs("Neutrophil", NEUTROPHIL, seed=3) == vqa_pairs("Neutrophil", dict(NEUTROPHIL), seed=3)
+    # insertion order of the mapping does not matter
+    reversed_attrs = dict(reversed(list(NEUTROPHIL.items())))
+    assert vqa_pairs("Neutrophil", reversed_attrs, seed=3) == vqa_pairs("Neutrophil", NEUTROPHIL, seed=3)
+    outputs = {tuple(vqa_pairs("Neutrophil", NEUTROPHIL, seed=s)) for s in range(8)}
+    assert len(outputs) > 1, "the seed should change wording or distractors"
+
+
+def test_vqa_answers_equal_attribute_values() -> None:
+    pairs = vqa_pairs("Neutrophil", NEUTROPHIL, seed=0)
+    assert len(pairs) == FULL_VQA
+    assert all(q.startswith("Q: ") and q.endswith("?") for q, _ in pairs)
+    assert pairs[0][1] == "neutrophil"
+    assert pairs[0][0] in ("Q: What type of cell is this?", "Q: Which cell type is shown?")
+    open_answers = [a for _, a in pairs[1:12]]
+    assert open_answers == [NEUTROPHIL[name] for name in CELL_ATTRIBUTE_NAMES]
+    nucleus_q = pairs[1 + CELL_ATTRIBUTE_NAMES.index("nucleus_shape")]
+    assert "nucleus" in nucleus_q[0] and nucleus_q[1] == "segmented-bilobed"
+    assert {a for _, a in pairs[12:]} <= {"yes", "no"}
+
+
+def test_yes_no_answers_are_consistent() -> None:
+    values = dict(CELL_ATTRIBUTES)
+    for seed in range(20):
+        for question, answer in vqa_pairs("Neutrophil", NEUTROPHIL, seed=seed)[12:]:
+            match = re.fullmatch(r"Q: Is this an? (.+)\?", question)
+            if match:
+                assert answer == ("yes" if match.group(1) == "neutrophil" else "no")
+                continue
+            # "Is the <part> <value> ...?": find which value of which attribute is asked about
+            hits = [
+                (name, v)
+                for name, vs in values.items()
+                for v in vs
+                if f" {v}" in question and name.split("_")[0].replace("nuclear", "nuclear-to") in question
+            ]
+            assert hits, question
+            name, asked = max(hits, key=lambda h: len(h[1]))
+            assert answer == ("yes" if NEUTROPHIL[name] == asked else "no"), (question, answer)
+
+
+def test_no_questions_about_unknown_or_nil() -> None:
+    attrs = dict(NEUTROPHIL, cell_size="unknown", cell_shape="", granule_type="nil", granule_colour="nil")
+    attrs["granularity"] = "no"
+    attrs["cytoplasm_texture"] = None  # type: ignore[assignment]
+    pairs = vqa_pairs("Lymphocyte", attrs, seed=1)
+    text = " ".join(q for q, _ in pairs)
+    assert "size" not in text and "large" not in text
+    assert "shape of the cell" not in text and "cell outline" not in text and "in shape" not in text
+    assert "texture" not in text and "clear or frosted" not in text
+    assert "type of granules" not in text and "colour of the granules" not in text
+    assert "Are the granules" not in text
+    assert "nil" not in " ".join(a for _, a in pairs)
+    # class + 6 open (nucleus, ratio, chromatin, vacuole, colour, granularity) + class y/n + 4 checks
+    assert len(pairs) == 1 + 6 + 1 + 4
+    assert ("Q: Is the cytoplasm granular?", "no") in pairs or (
+        "Q: Are granules present in the cytoplasm?",
+        "no",
+    ) in pairs
+    assert vqa_pairs("", {}) == []
+    assert [a for _, a in vqa_pairs("", {"cell_size": "small"})][0] == "small"
+
+
+def test_invalid_attribute_is_named() -> None:
+    with pytest.raises(ValueError, match="nucleus_shape.*trilobed"):
+        vqa_pairs("Neutrophil", dict(NEUTROPHIL, nucleus_shape="trilobed"))
+    with pytest.raises(ValueError, match="'halo'"):
+        describe("Neutrophil", {"halo": "yes"})
+
+
+def test_describe_mentions_every_value() -> None:
+    sentence = describe("Neutrophil", NEUTROPHIL)
+    assert sentence == (
+        "This neutrophil is big and round; the nucleus is segmented-bilobed with densely packed chromatin, "
+        "the nuclear-to-cytoplasmic ratio is low, and the cytoplasm is clear and light blue, has no vacuoles "
+        "and contains small pink granules."
+    )
+    no_granules = describe(
+        "Lymphocyte", dict(NEUTROPHIL, granule_type="nil", granule_colour="nil", granularity="no")
+    )
+    assert "contains no granules" in no_granules and "nil" not in no_granules
+    partial = describe("", {"nucleus_shape": "irregular"})
+    assert partial == "In this cell, the nucleus is irregular."
+    assert describe("eosinophil", {}) == "This is an eosinophil."
+
+
+def test_masked_sentences_sentinels_and_targets() -> None:
+    pairs = masked_sentences("Neutrophil", NEUTROPHIL, seed=5)
+    assert pairs == masked_sentences("Neutrophil", NEUTROPHIL, seed=5)
+    full = describe("Neutrophil", NEUTROPHIL)
+    assert len(pairs) == 1 + len(MLM_MASK_COUNTS)
+    assert pairs[0][0] == "mask: " + full.replace("neutrophil", "<extra_id_0>", 1)
+    for (prompt, target), count in zip(pairs[1:], MLM_MASK_COUNTS):
+        assert prompt.startswith("mask: ") and target == full
+        ids = [int(i) for i in SENTINEL.findall(prompt)]
+        assert ids == list(range(count)), prompt
+        # filling the sentinels back with words gives the target
+        pattern = re.escape(prompt[len("mask: ") :])
+        for i in ids:
+            pattern = pattern.replace(re.escape(f"<extra_id_{i}>"), r"([a-z\- ]+?)")
+        match = re.fullmatch(pattern, target)
+        assert match is not None, prompt
+        hidden = " ".join(match.groups())
+        assert all(word in " ".join(NEUTROPHIL.values()) + " visible no" for word in hidden.split())
+    assert masked_sentences("", {}) == []
+
+
+def test_decode_attributes() -> None:
+    values = np.full(len(CELL_ATTRIBUTES), UNKNOWN)
+    values[2] = 3
+    assert decode_attributes(values) == {"nucleus_shape": "segmented-bilobed"}
+    with pytest.raises(ValueError, match="cell_size"):
+        decode_attributes([7] + [UNKNOWN] * 10)
+    with pytest.raises(ValueError, match="expected 11"):
+        decode_attributes([0, 0])
+
+
+def _cell_sample() -> Sample:
+    indices = [dict(CELL_ATTRIBUTES)[name].index(NEUTROPHIL[name]) for name in CELL_ATTRIBUTE_NAMES]
+    indices[0] = UNKNOWN  # cell size not annotated
+    return Sample(
+        image=ArrayImage(np.zeros((4, 4, 3), np.uint8)),
+        task=Task.CELL_MORPHOLOGY,
+        dataset="wbcatt",
+        sample_id="BNE_1.jpg",
+        split="train",
+        cell_class=cell_index("Neutrophil"),
+        cell_attributes=np.asarray(indices),
+        disease="healthy",
+    )
+
+
+def test_text_samples_share_the_image() -> None:
+    sample = _cell_sample()
+    out = text_samples(sample, seed=0)
+    vqa = [s for s in out if s.task is Task.VQA]
+    mlm = [s for s in out if s.task is Task.MLM]
+    assert len(vqa) == FULL_VQA - 2  # no open / yes-no question about the unknown cell size
+    assert len(mlm) == 1 + len(MLM_MASK_COUNTS)
+    assert all(s.image is sample.image and s.split == "train" and s.dataset == "wbcatt" for s in out)
+    assert all(s.extra["source_sample_id"] == "BNE_1.jpg" for s in out)
+    assert len({s.sample_id for s in out}) == len(out)
+    assert vqa[0].prompt.startswith("Q: ") and vqa[0].text_target == "neutrophil"
+    assert all("size" not in s.prompt for s in vqa)
+    assert [(s.prompt, s.text_target) for s in out] == [
+        (s.prompt, s.text_target) for s in text_samples(sample)
+    ]
+    limited = text_samples(sample, max_vqa=2, max_mlm=1)
+    assert [s.task for s in limited] == [Task.VQA, Task.VQA, Task.MLM]
+    assert {s.prompt for s in limited[:2]} <= {s.prompt for s in vqa}
+    no_attrs = Sample(
+        image=sample.image, task=Task.CLASSIFICATION, dataset="pbc", sample_id="x", cell_class=5
+    )
+    with pytest.raises(ValueError, match="pbc/x has no cell_attributes"):
+        text_samples(no_attrs)

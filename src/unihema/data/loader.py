@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
+from unihema.data.prompts import task_prompt
 from unihema.data.sampler import MultiTaskBatchSampler
 from unihema.data.schema import UNKNOWN, ReadResult, Sample, Task
 from unihema.data.transforms import Pipeline, TransformConfig, build_transforms
@@ -131,7 +132,7 @@ class SampleDataset(Dataset):
             "task": task,
             "image": image_tensor,
             "target": self._target(sample, out, image_tensor, where),
-            "prompt": sample.prompt,
+            "prompt": task_prompt(sample),
             "sample": sample,
         }
 

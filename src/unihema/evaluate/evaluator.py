@@ -47,6 +47,9 @@ class EvalConfig:
         mask_threshold: probability above which a pixel is foreground.
         num_beams: beam width for text generation (1 = greedy).
         max_new_tokens: longest generated answer.
+        transforms: input sizes and normalisation (a :class:`unihema.data.transforms.TransformConfig`);
+            ``None`` uses its defaults. Use the training run's so evaluation sees the same scale.
+        pad_to_multiple: batches are padded to a multiple of this many pixels (as in training).
     """
 
     batch_size: int = 8
@@ -55,6 +58,8 @@ class EvalConfig:
     mask_threshold: float = 0.5
     num_beams: int = 1
     max_new_tokens: int = 32
+    transforms: Any = None
+    pad_to_multiple: int = 32
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_detections", "num_beams", "max_new_tokens"):
@@ -113,10 +118,13 @@ def decode_detections(outputs: Mapping[str, torch.Tensor], sizes: torch.Tensor, 
     return results
 
 
-def _batches(samples: Sequence[Sample], task: Task, batch_size: int) -> Iterable[dict[str, Any]]:
+def _batches(samples: Sequence[Sample], task: Task, config: EvalConfig) -> Iterable[dict[str, Any]]:
     from unihema.data.loader import build_loader
 
-    return build_loader(list(samples), task, batch_size=batch_size, train=False, num_workers=0)
+    return build_loader(
+        list(samples), task, batch_size=config.batch_size, train=False, num_workers=0,
+        transform_config=config.transforms, pad_to_multiple=config.pad_to_multiple,
+    )  # fmt: skip
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -145,7 +153,7 @@ def evaluate_task(model: torch.nn.Module, samples: Sequence[Sample], task: Task 
 def _collect_detection(model, samples, task, config, device) -> TaskResult:
     predictions, targets, attribute_pred, attribute_true, examples = [], [], [], [], []
     matched_cells = total_cells = 0
-    for batch in _batches(samples, task, config.batch_size):
+    for batch in _batches(samples, task, config):
         images, image_mask = _to_device(batch, device)
         outputs = model(images, task, prompts=batch["prompts"], image_mask=image_mask)
         sizes = torch.stack([t["size"] for t in batch["targets"]]).float()
@@ -196,7 +204,7 @@ def _collect_detection(model, samples, task, config, device) -> TaskResult:
 
 def _collect_segmentation(model, samples, task, config, device) -> TaskResult:
     predicted, expected, examples = [], [], []
-    for batch in _batches(samples, task, config.batch_size):
+    for batch in _batches(samples, task, config):
         images, image_mask = _to_device(batch, device)
         outputs = model(images, task, prompts=batch["prompts"], image_mask=image_mask)
         probabilities = outputs["pred_masks"].float().sigmoid()[:, 0].cpu()
@@ -211,7 +219,7 @@ def _collect_segmentation(model, samples, task, config, device) -> TaskResult:
 
 def _collect_classification(model, samples, task, config, device) -> TaskResult:
     predicted, expected = [], []
-    for batch in _batches(samples, task, config.batch_size):
+    for batch in _batches(samples, task, config):
         images, image_mask = _to_device(batch, device)
         outputs = model(images, task, prompts=batch["prompts"], image_mask=image_mask)
         if task is Task.CLASSIFICATION:
@@ -230,7 +238,7 @@ def _collect_classification(model, samples, task, config, device) -> TaskResult:
 
 def _collect_text(model, samples, task, config, device) -> TaskResult:
     hypotheses, references, examples = [], [], []
-    for batch in _batches(samples, task, config.batch_size):
+    for batch in _batches(samples, task, config):
         images, image_mask = _to_device(batch, device)
         answers = model.generate_text(
             images, batch["prompts"], image_mask=image_mask, num_beams=config.num_beams,

@@ -168,7 +168,8 @@ class AttributeCsvReader:
     """Reads WBCAtt-style attribute CSVs and joins them to their images.
 
     Options of :meth:`read`:
-        images_root (path, default ``<root>/../pbc``): folder the ``path`` column is relative to.
+        images_root (path, default ``<root>/../pbc``): folder the ``path`` column is relative to; a relative
+            path is taken relative to ``root``.
         splits (list of str, optional): read only these splits (``"train"``, ``"val"``, ``"test"``).
         tasks (task or list, default ``"cell_morphology"``): any of ``"cell_morphology"``,
             ``"classification"``, ``"vqa"``, ``"mlm"``; text samples come from
@@ -202,9 +203,8 @@ class AttributeCsvReader:
                 f"(in the folder or its submission/), found {describe_folder(root)}"
             )
         name = dataset or "wbcatt"
-        images_root = (
-            Path(options["images_root"]) if options.get("images_root") else _default_images_root(root)
-        )
+        # A relative images_root is relative to the dataset root, as for every reader's path options.
+        images_root = root / options["images_root"] if options.get("images_root") else _default_images_root(root)
         if not images_root.is_dir():
             raise FileNotFoundError(
                 f"attributes reader: images_root {images_root} does not exist (pass images_root=)"

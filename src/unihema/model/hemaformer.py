@@ -1,0 +1,345 @@
+"""Hema-Former (paper section 3.2.2): the four modules that fuse text and image features.
+
+- :class:`CrossModalFusion` (CMF, eqs. 1-2): learnable queries, one per text position, attend to the
+  projected text states E_E^T and to the projected backbone tokens E_B^I; the result E_W^T (in the text
+  width) is the memory of the text decoder D_T.
+- :class:`TextGuidedVisualRefinement` (TGVR, eq. 3): the decoder's content queries attend to the
+  projected text states; query and attention are concatenated and projected (or gated, as the authors'
+  code does). Plugged into the image decoder as its ``query_refiner``.
+- :class:`SingleCellFeatureExtractor` (SCFE): a learned query concatenated with the mean of the encoder
+  tokens, projected to the image-level "cell feature" E_Z, independent of any text.
+- :class:`QueryGuidedMaskFormer` (QGMF, eqs. 4-5): pixel embedding G_proj from the backbone level F_1
+  (C3, stride 8) summed with the encoder's level-0 tokens, query embedding from the decoder state of one
+  query, their dot product gives stride-8 mask logits, and a learnable upsampler brings them to the input
+  size.
+
+Correspondence with the authors' checkpoint keys (``upstream-state-dict.tsv``), for a converter:
+
+==================================================  =====================================================
+authors' key                                        this module
+==================================================  =====================================================
+``xformer.queries`` (64, 256)                       ``CrossModalFusion.queries``
+``xformer.{img_proj,txt_proj,out_proj}.*``          ``CrossModalFusion.{img_proj,txt_proj,out_proj}.*``
+``xformer.layers.{i}.cross_attn_{img,txt}.*``       ``CrossModalFusion.layers.{i}.cross_attn_{img,txt}.*``
+``xformer.layers.{i}.norm{1,2,3}.*``                ``CrossModalFusion.layers.{i}.norm{1,2,3}.*`` (norm1
+                                                    follows the first attention of the configured order)
+``xformer.layers.{i}.ffn.{0,2}.*``                  ``CrossModalFusion.layers.{i}.ffn.{0,2}.*``
+``transformer.text_proj.*``                         ``TextGuidedVisualRefinement.text_proj.*``
+``transformer.cross_attnn.*``                       ``TextGuidedVisualRefinement.cross_attn.*``
+``transformer.combined_proj.*`` (unused upstream)   ``TextGuidedVisualRefinement.combined_proj.*`` (concat)
+``transformer.gate_mlp.{0,2}.*``                    ``TextGuidedVisualRefinement.gate_mlp.{0,2}.*`` (gate)
+``transformer.encoder.cls_token`` (1, 1, 256)       ``SingleCellFeatureExtractor.query`` (reshape to (256,))
+``transformer.encoder.fuse_proj.*``                 ``SingleCellFeatureExtractor.proj.*``
+``mask_embed.layers.{0,1,2}.*``                     ``QueryGuidedMaskFormer.query_mlp.layers.{0,1,2}.*``
+==================================================  =====================================================
+
+The authors' mask pixel branches (each branch projected, then summed) and their fixed-512 upsampler
+differ in structure from eqs. 4-5 as implemented here and have no one-to-one mapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from unihema.model.backbone import groupnorm_groups
+from unihema.model.heads import BinaryMaskHead
+from unihema.model.image_decoder import MLP
+
+# Initial scale of learnable query embeddings.
+QUERY_INIT_STD = 0.02
+
+
+def masked_mean(tokens: Tensor, padding_mask: Tensor | None) -> Tensor:
+    """Mean over dim 1 of ``tokens`` (B, S, d), ignoring positions where ``padding_mask`` (B, S) is True."""
+    if padding_mask is None:
+        return tokens.mean(dim=1)
+    weights = (~padding_mask).to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def _key_padding(attention_mask: Tensor | None) -> Tensor | None:
+    """T5-style attention mask (1 = token) -> ``nn.MultiheadAttention`` key padding mask (True = ignore)."""
+    return None if attention_mask is None else attention_mask == 0
+
+
+class _CMFBlock(nn.Module):
+    """Two residual cross-attentions (text and image, in ``order``) with post-norms, optional FFN."""
+
+    def __init__(
+        self, d_model: int, num_heads: int, order: str, ffn: bool, ffn_dim: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.order = order
+        self.cross_attn_txt = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.cross_attn_img = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ffn = (
+            nn.Sequential(nn.Linear(d_model, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, d_model))
+            if ffn
+            else None
+        )
+        self.norm3 = nn.LayerNorm(d_model) if ffn else None
+
+    def forward(
+        self,
+        queries: Tensor,
+        text: Tensor,
+        text_padding: Tensor | None,
+        image: Tensor,
+        image_padding: Tensor | None,
+    ) -> Tensor:
+        steps = [(self.cross_attn_txt, text, text_padding), (self.cross_attn_img, image, image_padding)]
+        if self.order == "image_first":
+            steps.reverse()
+        for (attention, keys, padding), norm in zip(steps, (self.norm1, self.norm2)):
+            attended = attention(queries, keys, keys, key_padding_mask=padding, need_weights=False)[0]
+            queries = norm(queries + attended)
+        if self.ffn is not None and self.norm3 is not None:
+            queries = self.norm3(queries + self.ffn(queries))
+        return queries
+
+
+class CrossModalFusion(nn.Module):
+    """CMF: fused text-decoder memory E_W^T from text states and projected backbone tokens.
+
+    Eq. (1): ``J = Norm(Q + CrossAttn(Q, P(E_E^T), P(E_E^T)))``; eq. (2):
+    ``E_W^T = Norm(J + CrossAttn(J, P(E_B^I), P(E_B^I)))``; the result is projected from the image width M
+    to the text width N. The learnable queries Q have one row per text position (``max_text_length`` rows;
+    the first L are used for a text of L tokens) so that E_W^T lines up with the text attention mask.
+
+    Args:
+        d_model: image width M (attention width).
+        text_dim: text width N.
+        max_text_length: number of learnable queries (the longest text).
+        num_heads: attention heads.
+        num_layers: stacked blocks (paper 1).
+        order: ``"text_first"`` (paper) or ``"image_first"`` (authors' code).
+        ffn: feed-forward sub-layer per block (authors' code).
+        ffn_dim: its width.
+        residual: add E_E^T to the projected output (authors' code).
+        dropout: attention dropout.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        text_dim: int,
+        max_text_length: int,
+        num_heads: int,
+        num_layers: int = 1,
+        order: str = "text_first",
+        ffn: bool = False,
+        ffn_dim: int = 1024,
+        residual: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(max_text_length, d_model) * QUERY_INIT_STD)
+        self.img_proj = nn.Linear(d_model, d_model)
+        self.txt_proj = nn.Linear(text_dim, d_model)
+        self.layers = nn.ModuleList(
+            _CMFBlock(d_model, num_heads, order, ffn, ffn_dim, dropout) for _ in range(num_layers)
+        )
+        self.out_proj = nn.Linear(d_model, text_dim)
+        self.residual = residual
+
+    def forward(
+        self,
+        text_states: Tensor,
+        text_mask: Tensor | None,
+        image_tokens: Tensor,
+        image_padding: Tensor | None,
+    ) -> Tensor:
+        """Fuse.
+
+        Args:
+            text_states: E_E^T (B, L, N).
+            text_mask: (B, L), 1 on tokens, 0 on padding; ``None`` attends to every position.
+            image_tokens: E_B^I (B, S, M) flattened projected backbone levels.
+            image_padding: (B, S) True on padded image area; ``None`` attends everywhere.
+
+        Returns:
+            E_W^T (B, L, N).
+        """
+        length = text_states.shape[1]
+        if length > self.queries.shape[0]:
+            raise ValueError(f"CMF has {self.queries.shape[0]} queries but the text has {length} tokens")
+        queries = self.queries[:length].unsqueeze(0).expand(text_states.shape[0], -1, -1)
+        text = self.txt_proj(text_states)
+        image = self.img_proj(image_tokens)
+        text_padding = _key_padding(text_mask)
+        for layer in self.layers:
+            queries = layer(queries, text, text_padding, image, image_padding)
+        fused = self.out_proj(queries)
+        return fused + text_states.to(fused.dtype) if self.residual else fused
+
+
+class TextGuidedVisualRefinement(nn.Module):
+    """TGVR: refine the decoder's content queries k with the prompt.
+
+    ``"concat"`` (eq. 3): ``E_X^I = P([k || CrossAttn(k, P(E_E^T), P(E_E^T))])``.
+    ``"gate"`` (authors' code): ``a = CrossAttn(...)``, ``g = sigmoid(MLP([k || a]))``, ``(1 - g) * k + g * a``.
+
+    Args:
+        d_model: query width M.
+        text_dim: text width N.
+        num_heads: attention heads.
+        mode: ``"concat"`` or ``"gate"``.
+    """
+
+    def __init__(self, d_model: int, text_dim: int, num_heads: int, mode: str = "concat") -> None:
+        super().__init__()
+        self.mode = mode
+        self.text_proj = nn.Linear(text_dim, d_model)
+        self.cross_attn = nn.MultiheadAttention(d_model, num_heads, batch_first=True)
+        if mode == "concat":
+            self.combined_proj = nn.Linear(2 * d_model, d_model)
+        elif mode == "gate":
+            self.gate_mlp = nn.Sequential(
+                nn.Linear(2 * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model)
+            )
+        else:
+            raise ValueError(f"TGVR mode must be 'concat' or 'gate', got {mode!r}")
+
+    def forward(self, queries: Tensor, text_states: Tensor, text_mask: Tensor | None) -> Tensor:
+        """``queries`` (B, Q, M), ``text_states`` (B, L, N), ``text_mask`` (B, L) 1 = token -> (B, Q, M)."""
+        text = self.text_proj(text_states)
+        attended = self.cross_attn(
+            queries, text, text, key_padding_mask=_key_padding(text_mask), need_weights=False
+        )[0]
+        joint = torch.cat((queries, attended.to(queries.dtype)), dim=-1)
+        if self.mode == "concat":
+            return self.combined_proj(joint)
+        gate = torch.sigmoid(self.gate_mlp(joint))
+        return (1 - gate) * queries + gate * attended
+
+    def refiner(self, text_states: Tensor, text_mask: Tensor | None) -> Callable[[Tensor], Tensor]:
+        """A ``query_refiner`` for :class:`~unihema.model.image_decoder.ImageDecoder` bound to one prompt batch."""
+
+        def refine(queries: Tensor) -> Tensor:
+            return self(queries, text_states, text_mask)
+
+        return refine
+
+
+class SingleCellFeatureExtractor(nn.Module):
+    """SCFE: E_Z = P([q || mean(E_E^I)]) (+ ``|| mean(E_B^I level 0)`` with ``"encoder_mean+backbone"``).
+
+    The mean ignores padded tokens. The learned query q acts as a learned bias of the projection (the
+    authors' "cls token" never attends to anything either); it is kept for fidelity with the paper.
+
+    Args:
+        d_model: width M.
+        inputs: ``"encoder_mean"`` or ``"encoder_mean+backbone"``.
+    """
+
+    def __init__(self, d_model: int, inputs: str = "encoder_mean") -> None:
+        super().__init__()
+        if inputs not in ("encoder_mean", "encoder_mean+backbone"):
+            raise ValueError(f"SCFE inputs must be 'encoder_mean' or 'encoder_mean+backbone', got {inputs!r}")
+        self.inputs = inputs
+        self.query = nn.Parameter(torch.randn(d_model) * QUERY_INIT_STD)
+        parts = 3 if inputs == "encoder_mean+backbone" else 2
+        self.proj = nn.Linear(parts * d_model, d_model)
+
+    def forward(
+        self,
+        memory: Tensor,
+        padding_mask: Tensor | None,
+        backbone_tokens: Tensor | None = None,
+        backbone_padding: Tensor | None = None,
+    ) -> Tensor:
+        """``memory`` (B, S, M) encoder tokens (+ level-0 projected backbone tokens (B, S0, M)) -> (B, M)."""
+        pooled = masked_mean(memory, padding_mask)
+        parts = [self.query.to(pooled.dtype).expand_as(pooled), pooled]
+        if self.inputs == "encoder_mean+backbone":
+            if backbone_tokens is None:
+                raise ValueError("SCFE with inputs='encoder_mean+backbone' needs backbone_tokens")
+            parts.append(masked_mean(backbone_tokens, backbone_padding).to(pooled.dtype))
+        return self.proj(torch.cat(parts, dim=-1))
+
+
+class QueryGuidedMaskFormer(nn.Module):
+    """QGMF: a binary mask from one decoder query and the stride-8 pixel features (eqs. 4-5).
+
+    - Pixel embedding: ``G_proj = proj(lateral(F_1) + E_E^I[level 0])`` with F_1 the backbone's C3 map
+      (stride 8), ``lateral`` a 1x1 conv to width M and ``proj`` conv 3x3 + GroupNorm + ReLU + conv 1x1.
+    - Query embedding (eq. 4): ``P(MLP(E_D^I[q]))`` of the final decoder layer.
+    - Mask logits (eq. 5): the per-pixel dot product (einsum over channels), stride 8.
+    - :class:`~unihema.model.heads.BinaryMaskHead` upsamples to ``output size`` (the input size, or a fixed
+      size when configured).
+
+    Which query: ``"first"`` follows the paper ("the mask associated with the first embedding"). The
+    decoder's queries are its top-K encoder proposals in descending score order, so the first query is the
+    most object-like proposal; its state is conditioned on the prompt through TGVR and gathers context
+    from the whole image through decoder self-attention. ``"top_scoring"`` instead picks the query with
+    the highest final-layer class score.
+
+    Args:
+        d_model: width M.
+        c3_channels: channels of the backbone's C3 map.
+        mlp_layers: layers of the eq.-4 MLP.
+        upsampler_channels: stage widths of the upsampler.
+        query: ``"first"`` or ``"top_scoring"``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        c3_channels: int,
+        mlp_layers: int = 3,
+        upsampler_channels: tuple[int, ...] = (128, 64, 32),
+        query: str = "first",
+    ) -> None:
+        super().__init__()
+        if query not in ("first", "top_scoring"):
+            raise ValueError(f"QGMF query must be 'first' or 'top_scoring', got {query!r}")
+        self.query = query
+        self.lateral = nn.Conv2d(c3_channels, d_model, kernel_size=1)
+        self.pixel_proj = nn.Sequential(
+            nn.Conv2d(d_model, d_model, kernel_size=3, padding=1),
+            nn.GroupNorm(groupnorm_groups(d_model), d_model),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(d_model, d_model, kernel_size=1),
+        )
+        self.query_mlp = MLP(d_model, d_model, d_model, mlp_layers)
+        self.query_proj = nn.Linear(d_model, d_model)
+        self.upsampler = BinaryMaskHead(d_model, upsampler_channels)
+
+    def select(self, hidden_states: Tensor, logits: Tensor | None) -> Tensor:
+        """The mask query's state (B, M) from final-layer states (B, Q, M) (and logits (B, Q, C))."""
+        if self.query == "first":
+            return hidden_states[:, 0]
+        if logits is None:
+            raise ValueError("QGMF query='top_scoring' needs the decoder's class logits")
+        index = logits.max(dim=-1).values.argmax(dim=1)
+        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), index]
+
+    def forward(
+        self,
+        c3: Tensor,
+        encoder_level0: Tensor,
+        hidden_states: Tensor,
+        logits: Tensor | None,
+        output_size: tuple[int, int],
+    ) -> tuple[Tensor, Tensor]:
+        """Masks.
+
+        Args:
+            c3: backbone C3 (B, C3, h, w).
+            encoder_level0: encoder tokens of level 0 as a map (B, M, h, w).
+            hidden_states: final decoder states E_D^I (B, Q, M).
+            logits: final decoder class logits (B, Q, C), used by ``"top_scoring"``.
+            output_size: (H, W) of the returned mask.
+
+        Returns:
+            ``(masks (B, 1, H, W), low-resolution masks (B, 1, h, w))``, logits.
+        """
+        pixels = self.pixel_proj(self.lateral(c3) + encoder_level0.to(c3.dtype))
+        query = self.query_proj(self.query_mlp(self.select(hidden_states, logits)))
+        low = torch.einsum("bc,bchw->bhw", query.to(pixels.dtype), pixels).unsqueeze(1)
+        return self.upsampler(pixels, low, output_size), low

@@ -1,0 +1,299 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from unihema_testers import IMAGE_SIZE, PROMPTS, detection_targets, small_test_config, text_targets
+
+from unihema.data.schema import Task
+from unihema.data.vocab import CELL_CLASSES, DETECTION_CLASSES
+from unihema.model.persistence import WEIGHTS_NAME, CheckpointError
+from unihema.model.unihema import MODULE_GROUPS, UniHema
+
+Q = 20  # small_test_config num_queries
+LAYERS = 2  # small_test_config decoder layers
+UPSTREAM_STATE_DICT = Path(__file__).resolve().parents[3] / "shared" / "reference" / "upstream-state-dict.tsv"
+
+# Module groups each task must train (and no others).
+EXPECTED_GROUPS = {
+    Task.DETECTION: {"B", "E_I", "D_I", "E_T", "TGVR"},
+    Task.FOV_MORPHOLOGY: {"B", "E_I", "D_I", "E_T", "TGVR", "heads"},
+    Task.SEGMENTATION: {"B", "E_I", "D_I", "E_T", "TGVR", "QGMF"},
+    Task.CLASSIFICATION: {"B", "E_I", "SCFE", "heads"},
+    Task.CELL_MORPHOLOGY: {"B", "E_I", "SCFE", "heads"},
+    Task.VQA: {"B", "E_T", "D_T", "CMF"},
+    Task.MLM: {"B", "E_T", "D_T", "CMF"},
+}
+
+
+@pytest.fixture(scope="module")
+def model() -> UniHema:
+    torch.manual_seed(0)
+    return UniHema.from_config(small_test_config())
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+
+
+def _targets(task: Task) -> list[dict] | None:
+    if task.has_boxes:
+        return detection_targets()
+    if task.is_text:
+        return text_targets()
+    return None
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        return [t for k, v in value.items() if k != "dn_meta" for t in _tensors(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def test_output_shapes_per_task(model: UniHema, images: torch.Tensor) -> None:
+    model.eval()
+    c = len(DETECTION_CLASSES)
+    with torch.no_grad():
+        det = model(images, "detection", PROMPTS)
+        assert det["pred_logits"].shape == (2, Q, c) and det["pred_boxes"].shape == (2, Q, 4)
+        assert len(det["aux_outputs"]) == LAYERS - 1 and det["aux_outputs"][0]["pred_boxes"].shape == (
+            2,
+            Q,
+            4,
+        )
+        assert det["enc_outputs"]["pred_logits"].shape == (2, Q, c)
+        assert "pred_box_attributes" not in det and "dn_outputs" not in det
+        assert ((det["pred_boxes"] >= 0) & (det["pred_boxes"] <= 1)).all()
+
+        fov = model(images, Task.FOV_MORPHOLOGY, PROMPTS)
+        assert fov["pred_box_attributes"].shape == (2, Q, 12)
+        assert fov["aux_outputs"][0]["pred_box_attributes"].shape == (2, Q, 12)
+
+        seg = model(images[:, :, :, :48], "segmentation", PROMPTS)
+        assert seg["pred_masks"].shape == (2, 1, IMAGE_SIZE, 48)
+        assert seg["pred_masks_lowres"].shape == (2, 1, IMAGE_SIZE // 8, 48 // 8)
+
+        for task in ("classification", "cell_morphology"):
+            cell = model(images, task)  # no prompts needed
+            assert cell["cell_features"].shape == (2, 32)
+            assert cell["pred_cell_logits"].shape == (2, len(CELL_CLASSES))
+            assert cell["pred_cell_attributes"].shape == (2, model.cell_attribute_head.num_logits)
+
+        vqa = model(images, "vqa", PROMPTS, targets=text_targets())
+        labels = vqa["text_labels"]
+        assert vqa["text_logits"].shape == (*labels.shape, model.config.text.vocab_size)
+        assert vqa["text_memory"].shape[:2] == vqa["text_memory_mask"].shape and vqa["loss_text"].dim() == 0
+        assert set(model(images, "mlm", PROMPTS)) == {"text_memory", "text_memory_mask"}
+
+
+def test_fixed_mask_size_option(images: torch.Tensor) -> None:
+    model = UniHema.from_config(small_test_config(hemaformer={"qgmf_mask_size": 40})).eval()
+    with torch.no_grad():
+        assert model(images, "segmentation", PROMPTS)["pred_masks"].shape == (2, 1, 40, 40)
+
+
+def test_denoising_only_in_training_with_targets(model: UniHema, images: torch.Tensor) -> None:
+    model.train()
+    out = model(images, "fov_morphology", PROMPTS, targets=detection_targets())
+    dn = out["dn_outputs"]
+    qdn = dn["pred_logits"].shape[1]
+    assert (
+        qdn > 0 and dn["pred_boxes"].shape == (2, qdn, 4) and dn["pred_box_attributes"].shape == (2, qdn, 12)
+    )
+    assert len(dn["aux_outputs"]) == LAYERS - 1
+    assert out["dn_meta"]["pad_size"] == qdn
+    assert out["pred_logits"].shape == (2, Q, len(DETECTION_CLASSES))
+    assert "dn_outputs" not in model(images, "detection", PROMPTS)
+    model.eval()
+    assert "dn_outputs" not in model(images, "detection", PROMPTS, targets=detection_targets())
+
+
+@pytest.mark.parametrize("task", list(Task))
+def test_gradients_reach_exactly_the_task_groups(model: UniHema, images: torch.Tensor, task: Task) -> None:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    out = model(images, task, PROMPTS, targets=_targets(task))
+    loss = out["loss_text"] if task.is_text else sum(t.float().mean() for t in _tensors(out))
+    loss.backward()
+    reached = {
+        name
+        for name, group in model.module_groups().items()
+        if any(p.grad is not None and p.grad.abs().sum() > 0 for p in group.parameters())
+    }
+    assert reached == EXPECTED_GROUPS[task]
+    model.zero_grad(set_to_none=True)
+
+
+def test_module_groups_partition_the_parameters(model: UniHema) -> None:
+    groups = model.module_groups()
+    assert tuple(groups) == MODULE_GROUPS
+    owners: dict[int, str] = {}
+    for name, group in groups.items():
+        for p in group.parameters():
+            assert id(p) not in owners, f"parameter in {owners[id(p)]} and {name}"
+            owners[id(p)] = name
+    assert set(owners) == {id(p) for p in model.parameters()}
+
+
+def test_image_changes_the_answer(model: UniHema, images: torch.Tensor) -> None:
+    model.eval()
+    with torch.no_grad():
+        a = model(images, "vqa", PROMPTS, targets=text_targets())
+        b = model(images.flip(-1) + 0.5, "vqa", PROMPTS, targets=text_targets())
+    assert not torch.allclose(a["text_logits"], b["text_logits"])
+    # Generation reads the same fused states: its first greedy token is the argmax of the first
+    # teacher-forced step (both start from the decoder start token).
+    generated = model.text.generate(a["text_memory"], a["text_memory_mask"], max_new_tokens=4)
+    assert torch.equal(generated[:, 1], a["text_logits"][:, 0].argmax(-1))
+    assert model.generate_text(images, PROMPTS, max_new_tokens=4) == model.text.decode(generated)
+    beams = model.generate_text(images, PROMPTS, num_beams=3, max_new_tokens=4)
+    assert len(beams) == 2 and all(isinstance(s, str) for s in beams)
+
+
+def test_bad_inputs(model: UniHema, images: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="detection"):
+        model(images, "detection")
+    with pytest.raises(ValueError, match="2 prompt"):
+        model(images, "vqa", PROMPTS[:1])
+    with pytest.raises(ValueError):
+        model(images, "captioning", PROMPTS)
+    with pytest.raises(ValueError, match="text"):
+        model(images, "vqa", PROMPTS, targets=[{"text": "a"}, {}])
+
+
+def test_image_mask_reaches_the_model(model: UniHema, images: torch.Tensor) -> None:
+    model.eval()
+    mask = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
+    mask[0, :, 32:] = True  # right half of the first image is padding
+    with torch.no_grad():
+        masked = model(images, "classification", image_mask=mask)["cell_features"]
+        plain = model(images, "classification")["cell_features"]
+    assert not torch.allclose(masked[0], plain[0])
+    torch.testing.assert_close(masked[1], plain[1])
+
+
+def test_bfloat16_autocast(model: UniHema, images: torch.Tensor) -> None:
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for task in ("detection", "segmentation", "classification", "vqa"):
+            out = model(images, task, PROMPTS, targets=text_targets() if task == "vqa" else None)
+            assert all(torch.isfinite(t.float()).all() for t in _tensors(out)), task
+
+
+def test_save_load_round_trip_is_bit_exact(model: UniHema, images: torch.Tensor, tmp_path: Path) -> None:
+    model.eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} >= {
+        "model.safetensors",
+        "config.json",
+        "tokenizer",
+    }
+    loaded = UniHema.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config == model.config
+    reference, restored = model.state_dict(), loaded.state_dict()
+    assert reference.keys() == restored.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(tensor, restored[name]), name
+    assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    with torch.no_grad():
+        for task in ("segmentation", "vqa"):
+            kwargs = {"targets": text_targets()} if task == "vqa" else {}
+            a, b = model(images, task, PROMPTS, **kwargs), loaded(images, task, PROMPTS, **kwargs)
+            for x, y in zip(_tensors(a), _tensors(b)):
+                assert torch.equal(x, y), task
+    # Shared T5 embeddings are stored once.
+    stored = load_file(str(tmp_path / "ckpt" / WEIGHTS_NAME))
+    assert "text.t5.shared.weight" in stored and "text.t5.encoder.embed_tokens.weight" not in stored
+
+
+def test_checkpoint_errors_name_file_and_tensor(model: UniHema, tmp_path: Path) -> None:
+    directory = tmp_path / "ckpt"
+    model.save_pretrained(directory)
+    weights = directory / WEIGHTS_NAME
+    original = weights.read_bytes()
+
+    config = json.loads((directory / "config.json").read_text())
+    config["vision"]["num_queries"] = 30
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: tensor 'image_decoder\.tgt_embed\.weight' has shape"
+    ):
+        UniHema.from_pretrained(directory)
+    config["vision"]["num_queries"] = 20
+    (directory / "config.json").write_text(json.dumps(config))
+
+    state = load_file(str(weights))
+    metadata = {"format": "unihema", "aliases": json.dumps({"text.t5.encoder.embed_tokens.weight": "text.t5.shared.weight",
+                                                            "text.t5.decoder.embed_tokens.weight": "text.t5.shared.weight"})}  # fmt: skip
+    missing = dict(state)
+    del missing["scfe.query"]
+    save_file(missing, str(weights), metadata=metadata)
+    with pytest.raises(CheckpointError, match=r"'scfe\.query' is missing"):
+        UniHema.from_pretrained(directory)
+
+    save_file({**state, "extra.weight": torch.zeros(2)}, str(weights), metadata=metadata)
+    with pytest.raises(CheckpointError, match=r"'extra\.weight' in the checkpoint is not part"):
+        UniHema.from_pretrained(directory)
+
+    weights.write_bytes(original[: len(original) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable safetensors file"):
+        UniHema.from_pretrained(directory)
+    weights.write_bytes(original[:5])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        UniHema.from_pretrained(directory)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        UniHema.from_pretrained(directory)
+
+
+def test_pretrained_text_model_round_trip(tmp_path: Path, images: torch.Tensor) -> None:
+    source = UniHema.from_config(small_test_config())
+    source.text.t5.save_pretrained(tmp_path / "t5")
+    source.tokenizer.save_pretrained(str(tmp_path / "t5"))
+    model = UniHema.from_config(small_test_config(text={"pretrained_path": str(tmp_path / "t5")})).eval()
+    assert torch.equal(model.text.t5.shared.weight, source.text.t5.shared.weight)
+    model.save_pretrained(tmp_path / "ckpt")
+    for path in sorted((tmp_path / "t5").iterdir()):
+        path.unlink()  # the saved model must not need the pretrained directory any more
+    loaded = UniHema.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config.text.pretrained_path is None
+    with torch.no_grad():
+        assert torch.equal(
+            model(images, "vqa", PROMPTS)["text_memory"], loaded(images, "vqa", PROMPTS)["text_memory"]
+        )
+
+
+def test_paper_preset_builds_on_meta_and_mirrors_upstream_shapes() -> None:
+    with torch.device("meta"):
+        model = UniHema.from_preset("paper")
+    groups = model.module_groups()
+    counts = {name: sum(p.numel() for p in group.parameters()) for name, group in groups.items()}
+    assert counts["E_T"] + counts["D_T"] == 247_577_856  # flan-t5-base
+    assert 45e6 < sum(counts.values()) - counts["E_T"] - counts["D_T"] < 60e6  # upstream vision: 54.5M
+    state = model.state_dict()
+    assert state["image_decoder.tgt_embed.weight"].shape == (900, 256)
+    assert state["cmf.queries"].shape == (64, 256)
+    assert state["cmf.txt_proj.weight"].shape == (256, 768) and state["cmf.out_proj.weight"].shape == (
+        768,
+        256,
+    )
+    assert state["tgvr.combined_proj.weight"].shape == (256, 512)
+    assert state["scfe.proj.weight"].shape == (256, 512)
+    if not UPSTREAM_STATE_DICT.is_file():
+        pytest.skip("upstream state-dict listing not available")
+    compared = 0
+    for line in UPSTREAM_STATE_DICT.read_text().splitlines():
+        if line.startswith("T5_model."):
+            key, shape, _ = line.split("\t")
+            ours = state["text.t5." + key.removeprefix("T5_model.")]
+            assert "x".join(map(str, ours.shape)) == shape, key
+            compared += 1
+    assert compared == 284  # every T5 tensor of the authors' model

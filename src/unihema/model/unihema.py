@@ -167,7 +167,7 @@ class UniHema(nn.Module):
         logits, T target tokens, V text vocabulary, N text width, Lp prompt tokens):
 
         - detection / fov_morphology: ``pred_logits`` (B, Q, C) sigmoid-focal class logits; ``pred_boxes``
-          (B, Q, 4) sigmoid cxcywh normalised to the padded image; ``aux_outputs``: list of L-1 dicts with
+          (B, Q, 4) sigmoid cxcywh normalised to the unpadded image (as the targets); ``aux_outputs``: list of L-1 dicts with
           the same keys for the earlier layers; ``enc_outputs``: dict ``pred_logits`` (B, K, C),
           ``pred_boxes`` (B, K, 4) of the selected encoder proposals; in training with targets (and
           denoising enabled) ``dn_outputs``: dict ``pred_logits`` (B, Qdn, C), ``pred_boxes`` (B, Qdn, 4),

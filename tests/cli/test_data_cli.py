@@ -383,3 +383,16 @@ def test_check_refuses_a_folder_that_is_not_a_dataset(
     assert err.startswith("unihema: error: ") and str(tmp_path) in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "data", "check", str(tmp_path / "missing"))
     assert code != 0 and "not a directory" in err
+
+
+def test_synthetic_command_writes_a_corpus_the_coco_reader_reads_back(tmp_path):
+    from unihema.cli import main
+    from unihema.data.formats import detect_format, get_reader
+
+    out = tmp_path / "synthetic"
+    assert main(["data", "synthetic", "--out", str(out), "--n-images", "6", "--image-size", "128", "--seed", "3"]) == 0
+    assert len(list(out.rglob("*.png"))) >= 6
+    fmt = detect_format(out)
+    result = get_reader(fmt).read(out)
+    boxed = [s for s in result.samples if len(s.boxes)]
+    assert fmt == "coco" and len({s.sample_id for s in boxed}) == 6 and not result.skipped

@@ -4,6 +4,7 @@
 - ``unihema data info NAME [--json]``
 - ``unihema data download NAME --to DIR [--filename NAME] [--quiet]``
 - ``unihema data check PATH [--format FMT] [--dataset NAME] [--json]``
+- ``unihema data synthetic --out DIR [--n-images N] [--image-size PX] [--seed S] [--workers W]``
 
 Only the catalog is imported at parse time; readers load when ``check`` runs, and nothing here imports
 torch, so these commands start fast.
@@ -60,6 +61,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(func=_check)
+
+    synthetic = commands.add_parser(
+        "synthetic", help="write the built-in synthetic smear corpus (PNG images, COCO boxes, masks, manifest)"
+    )
+    synthetic.add_argument("--out", required=True, help="output folder")
+    synthetic.add_argument("--n-images", type=int, default=1000, help="fields of view (default: 1000)")
+    synthetic.add_argument("--image-size", type=int, default=256, help="field side in pixels (default: 256)")
+    synthetic.add_argument("--seed", type=int, default=0, help="master seed (default: 0)")
+    synthetic.add_argument("--workers", type=int, default=1, help="generator processes (default: 1)")
+    synthetic.set_defaults(func=_synthetic)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -128,4 +139,13 @@ def _check(args: argparse.Namespace) -> int:
 
     report = check_dataset(args.path, args.format, dataset=args.dataset)
     print(report.to_json() if args.json else report.to_text())
+    return 0
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    from unihema.data.synthetic import SyntheticConfig, generate_corpus
+
+    config = SyntheticConfig(n_images=args.n_images, image_size=args.image_size, seed=args.seed)
+    generate_corpus(config, args.out, workers=args.workers)
+    print(f"wrote {config.n_images} synthetic fields of view to {args.out}")
     return 0

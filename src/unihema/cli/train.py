@@ -30,8 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="stages to run: 1-based numbers or ranges ('3-6', '1,3') or stage names (default: all)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, help="run directory to create (default: runs/<config name>)")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to train.log)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its newest checkpoint",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (logs still go to train.log)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -41,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
-            raise ValueError("--out and --resume name different run directories; --resume continues RUN_DIR in place")
+            raise ValueError(
+                "--out and --resume name different run directories; --resume continues RUN_DIR in place"
+            )
         run_dir = args.resume
         snapshot = run_dir / CONFIG_SNAPSHOT
         if not snapshot.is_file():
@@ -53,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig.load(args.config)
         run_dir = args.out if args.out is not None else Path("runs") / args.config.stem
     try:
-        run_training(config, run_dir, stages=args.stages, resume=args.resume is not None, progress=not args.no_progress)
+        run_training(
+            config, run_dir, stages=args.stages, resume=args.resume is not None, progress=not args.no_progress
+        )
+    except FileExistsError as error:
+        print(f"unihema: error: {error}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as error:
         print(f"unihema: error: {error}", file=sys.stderr)
         return 3

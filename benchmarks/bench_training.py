@@ -1,0 +1,174 @@
+"""Training throughput (images/s) of every task, float32 vs bfloat16 autocast, on the synthetic corpus.
+
+One training step = forward, the task's loss (:class:`unihema.train.losses.UniHemaCriterion`), backward,
+gradient clipping and an AdamW update of every parameter the model leaves trainable (no group frozen: the
+slowest case of a stage). Batches are prepared before the clock starts, so the numbers are model + loss +
+optimiser time without data loading. Sizes are those of ``configs/demo-tiny.yaml`` by default.
+
+    python benchmarks/bench_training.py                                # print the table
+    python benchmarks/bench_training.py --write-doc docs/benchmarks.md # (re)write its section
+
+``--write-doc`` replaces (or appends) the "Training throughput" section of the Markdown file and leaves the
+rest of the file untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unihema.data.loader import build_loader
+from unihema.data.schema import Task
+from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
+from unihema.data.transforms import TransformConfig
+from unihema.model.unihema import UniHema
+from unihema.train.losses import UniHemaCriterion
+from unihema.train.trainer import _to_device
+
+SECTION_TITLE = "## Training throughput"
+PRECISIONS = ("float32", "bfloat16")
+GRAD_CLIP = 0.1
+LEARNING_RATE = 1e-4
+
+
+def prepare_batches(
+    task: Task, batch_size: int, count: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    corpus = SyntheticCorpus(
+        SyntheticConfig(n_images=args.fields, image_size=args.field_size, crop_size=args.crop_size)
+    )
+    samples = corpus.samples(task, "train")
+    transforms = TransformConfig(
+        det_train_sizes=(args.det_size,), det_eval_size=args.det_size, det_max_size=args.det_size,
+        seg_size=args.seg_size, cls_size=args.cls_size, text_size=args.text_size,
+    )  # fmt: skip
+    loader = build_loader(
+        samples, task, batch_size, train=True, transform_config=transforms, pad_to_multiple=32
+    )
+    batches = []
+    while len(batches) < count:
+        for batch in loader:
+            batches.append(batch)
+            if len(batches) == count:
+                break
+    return batches
+
+
+def measure(model: UniHema, task: Task, batches: list[dict[str, Any]], precision: str, warmup: int) -> float:
+    """Images per second over the timed steps (after ``warmup`` untimed ones)."""
+    criterion = UniHemaCriterion()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16" else nullcontext()
+    model.train()
+    timed_images, start = 0, 0.0
+    for step, batch in enumerate(batches):
+        if step == warmup:
+            start = time.perf_counter()
+        targets = _to_device(batch["targets"], torch.device("cpu"))
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            outputs = model(batch["images"], task, batch["prompts"], targets, batch["image_mask"])
+        loss = criterion(outputs, targets, task, padded_size=tuple(batch["images"].shape[-2:]))["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizer.step()
+        if step >= warmup:
+            timed_images += batch["images"].shape[0]
+    return timed_images / (time.perf_counter() - start)
+
+
+def markdown(rows: list[tuple[str, int, str, float, float]], args: argparse.Namespace, command: str) -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        SECTION_TITLE,
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Images per second of full training steps (forward, loss, backward, gradient clipping {GRAD_CLIP}, AdamW) "
+        f"with every trainable parameter of the `{args.preset}` preset updated, batch {args.batch_size}, "
+        f"{args.warmup} warm-up step(s) then {args.steps} timed steps, batches prepared in advance (no data "
+        f"loading); inputs: detection {args.det_size} px, segmentation {args.seg_size} px, single-cell "
+        f"{args.cls_size} px, text {args.text_size} px (the sizes of `configs/demo-tiny.yaml`). torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()} CPU, load average "
+        f"{load:.1f} when the table was written: the CPU was shared with other jobs, so rows can be off by a "
+        "factor of several; rerun on an idle machine before comparing.",
+        "",
+        "| task | batch | input | float32 (img/s) | bfloat16 autocast (img/s) |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for task, batch, size, fp32, bf16 in rows:
+        lines.append(f"| {task} | {batch} | {size} | {fp32:.2f} | {bf16:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the section starting with :data:`SECTION_TITLE` up to the next ``## `` heading (or append)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
+    parser.add_argument(
+        "--tasks", nargs="+", default=[t.value for t in Task], choices=[t.value for t in Task]
+    )
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--fields", type=int, default=24, help="synthetic fields to draw batches from")
+    parser.add_argument("--field-size", type=int, default=128)
+    parser.add_argument("--crop-size", type=int, default=48)
+    parser.add_argument("--det-size", type=int, default=128)
+    parser.add_argument("--seg-size", type=int, default=128)
+    parser.add_argument("--cls-size", type=int, default=64)
+    parser.add_argument("--text-size", type=int, default=64)
+    parser.add_argument(
+        "--write-doc", type=Path, help="Markdown file whose training-throughput section is (re)written"
+    )
+    args = parser.parse_args(argv)
+    command = " ".join(["python benchmarks/bench_training.py", *(sys.argv[1:] if argv is None else argv)])
+
+    torch.manual_seed(0)
+    model = UniHema.from_preset(args.preset)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = []
+    sizes = {"detection": args.det_size, "fov_morphology": args.det_size, "segmentation": args.seg_size,
+             "classification": args.cls_size, "cell_morphology": args.cls_size, "vqa": args.text_size, "mlm": args.text_size}  # fmt: skip
+    for name in args.tasks:
+        task = Task(name)
+        batches = prepare_batches(task, args.batch_size, args.warmup + args.steps, args)
+        rates = []
+        for precision in PRECISIONS:
+            model.load_state_dict(initial)  # every measurement starts from the same weights
+            rates.append(measure(model, task, batches, precision, args.warmup))
+            print(f"{name:16s} {precision:9s} {rates[-1]:8.2f} img/s", flush=True)
+        rows.append((name, args.batch_size, f"{sizes[name]} px", rates[0], rates[1]))
+    section = markdown(rows, args, command)
+    print(section)
+    if args.write_doc:
+        write_section(args.write_doc, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

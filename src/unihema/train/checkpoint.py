@@ -1,0 +1,214 @@
+"""Training checkpoints: written atomically, the last K kept, enough state to resume a run exactly.
+
+A run directory looks like::
+
+    RUN_DIR/
+      config.yaml            the TrainConfig snapshot the run was started with
+      run.json               which stages the run covers
+      train.log              human-readable log (rank 0)
+      metrics.csv            one row per logged step (rank 0)
+      tensorboard/           TensorBoard event files (rank 0)
+      checkpoints/
+        step-00000120/       a periodic checkpoint (the last `keep_last` are kept)
+        stage-01-step1_cls/  the result of a finished stage (always kept)
+          model/               ``UniHema.save_pretrained`` output (config + safetensors weights)
+          training_state.pt    optimiser, scheduler, sampler, RNG states and the progress record
+        latest               name of the newest complete checkpoint
+
+Each checkpoint is written into a temporary folder inside ``checkpoints/`` and renamed into place once
+complete, and ``latest`` is replaced atomically afterwards: a process killed at any moment leaves either
+the previous or the new checkpoint, never a half-written one that ``latest`` points to.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST_FILE = "latest"
+MODEL_DIR = "model"
+STATE_FILE = "training_state.pt"
+STATE_VERSION = 1
+_STEP_PATTERN = re.compile(r"step-(\d+)")
+_TMP_PREFIX = ".tmp-"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Progress:
+    """Where a run stands.
+
+    Attributes:
+        stage_index: index (in the configuration's stage list) of the stage in progress or just finished.
+        stage_name: its name.
+        stage_step: optimiser steps done in that stage (skipped non-finite steps included).
+        global_step: optimiser steps done over the whole run.
+        epoch: current epoch of the stage's sampler.
+        batch_in_epoch: batches of that epoch already consumed.
+        stage_done: True once the stage finished (resume then starts the next selected stage).
+        nonfinite_streak: consecutive skipped steps at the time of the checkpoint.
+        completed_stages: names of the stages finished so far.
+    """
+
+    stage_index: int = 0
+    stage_name: str = ""
+    stage_step: int = 0
+    global_step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    stage_done: bool = False
+    nonfinite_streak: int = 0
+    completed_stages: list[str] = field(default_factory=list)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and every CUDA device) generator states."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the states captured by :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def step_checkpoint_name(global_step: int) -> str:
+    return f"step-{global_step:08d}"
+
+
+def stage_checkpoint_name(stage_index: int, stage_name: str) -> str:
+    return f"stage-{stage_index + 1:02d}-{stage_name}"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    name: str,
+    model: torch.nn.Module,
+    training_state: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Write checkpoint ``name`` atomically, point ``latest`` at it and prune old step checkpoints.
+
+    Args:
+        run_dir: the run directory.
+        name: folder name (:func:`step_checkpoint_name` or :func:`stage_checkpoint_name`).
+        model: the (unwrapped) model; saved with its ``save_pretrained``.
+        training_state: optimiser/scheduler/sampler/RNG states and ``progress`` (a :class:`Progress` dict).
+        keep_last: step checkpoints to keep (stage checkpoints are never pruned).
+    """
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{_TMP_PREFIX}{name}-"))
+    try:
+        model.save_pretrained(tmp / MODEL_DIR)
+        torch.save({"version": STATE_VERSION, **training_state}, tmp / STATE_FILE)
+        _fsync_tree(tmp)
+        if final.exists():  # a re-run of the same step after a resume: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(root / LATEST_FILE, name + "\n")
+    prune_checkpoints(run_dir, keep_last)
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the ``keep_last`` newest step checkpoints and any leftover temporary folders."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return
+    latest = read_latest_name(run_dir)
+    steps = sorted(
+        (int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_PATTERN.fullmatch(p.name))
+    )
+    for _, path in steps[: max(0, len(steps) - keep_last)]:
+        if path.name != latest:
+            shutil.rmtree(path, ignore_errors=True)
+    for path in root.iterdir():
+        if path.name.startswith(_TMP_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def read_latest_name(run_dir: Path) -> str | None:
+    path = checkpoint_root(run_dir) / LATEST_FILE
+    if not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8").strip() or None
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None when it has none."""
+    name = read_latest_name(run_dir)
+    if name is None:
+        return None
+    path = checkpoint_root(run_dir) / name
+    if not (path / STATE_FILE).is_file() or not (path / MODEL_DIR).is_dir():
+        raise FileNotFoundError(
+            f"{run_dir}: checkpoint {name!r} named by {LATEST_FILE} is incomplete or missing"
+        )
+    return path
+
+
+def load_training_state(checkpoint: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The training state of a checkpoint (``weights_only=False``: it holds RNG tuples; only load your own runs)."""
+    state = torch.load(Path(checkpoint) / STATE_FILE, map_location=map_location, weights_only=False)
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{checkpoint}: unsupported training-state version {state.get('version')!r}")
+    return state
+
+
+def progress_from_state(state: dict[str, Any]) -> Progress:
+    return Progress(**state["progress"])
+
+
+def progress_to_state(progress: Progress) -> dict[str, Any]:
+    return asdict(progress)

@@ -1,0 +1,135 @@
+"""Hungarian matching between detection queries and ground-truth boxes (DETR / DINO style).
+
+The matching cost of query ``q`` and ground-truth box ``t`` is
+
+``cost_class * focal_cost(q, label_t) + cost_bbox * |box_q - box_t|_1 + cost_giou * (-GIoU(box_q, box_t))``
+
+where ``focal_cost`` is the difference between the sigmoid focal loss of predicting ``label_t`` as positive
+and as negative (the cost used by Deformable-DETR and DINO), boxes are normalised ``cxcywh`` and the GIoU is
+computed on ``xyxy``. Each image is matched on its own with :func:`scipy.optimize.linear_sum_assignment`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torchvision.ops import box_convert, generalized_box_iou
+
+# Finite stand-in for NaN/inf entries of a cost matrix (scipy rejects non-finite costs). Large enough
+# that such a pair is only chosen when no finite assignment exists.
+_NONFINITE_COST = 1.0e8
+# Keeps log() finite for probabilities that saturate at 0 or 1.
+_LOG_EPS = 1.0e-8
+
+
+@dataclass(frozen=True)
+class MatcherConfig:
+    """Weights of the matching cost.
+
+    Attributes:
+        cost_class: weight of the focal classification cost (upstream 2.0).
+        cost_bbox: weight of the L1 distance between normalised cxcywh boxes (upstream 5.0).
+        cost_giou: weight of the negative generalised IoU (upstream 2.0).
+        focal_alpha: alpha of the focal classification cost (0.25).
+        focal_gamma: gamma of the focal classification cost (2.0).
+    """
+
+    cost_class: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("cost_class", "cost_bbox", "cost_giou", "focal_gamma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MatcherConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.cost_class == 0 and self.cost_bbox == 0 and self.cost_giou == 0:
+            raise ValueError("MatcherConfig: all costs are 0; the matching would be arbitrary")
+        if not 0.0 <= self.focal_alpha <= 1.0:
+            raise ValueError(f"MatcherConfig.focal_alpha must be in [0, 1], got {self.focal_alpha}")
+
+
+def focal_class_cost(logits: torch.Tensor, labels: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """Focal classification cost ``(Q, N)`` of each query (``logits`` ``(Q, C)``) for each label ``(N,)``."""
+    prob = logits.float().sigmoid()
+    neg_cost = (1 - alpha) * prob.pow(gamma) * -(1 - prob + _LOG_EPS).log()
+    pos_cost = alpha * (1 - prob).pow(gamma) * -(prob + _LOG_EPS).log()
+    return pos_cost[:, labels] - neg_cost[:, labels]
+
+
+def matching_cost(
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    target_labels: torch.Tensor,
+    target_boxes: torch.Tensor,
+    config: MatcherConfig,
+) -> torch.Tensor:
+    """Full ``(Q, N)`` cost matrix for one image (float32, non-finite entries not yet replaced)."""
+    boxes = boxes.float()
+    target_boxes = target_boxes.float()
+    cost = config.cost_class * focal_class_cost(logits, target_labels, config.focal_alpha, config.focal_gamma)
+    cost = cost + config.cost_bbox * torch.cdist(boxes, target_boxes, p=1)
+    giou = generalized_box_iou(
+        box_convert(boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
+    )
+    return cost - config.cost_giou * giou
+
+
+class HungarianMatcher:
+    """One-to-one assignment of predictions to targets minimising :func:`matching_cost`.
+
+    Call it with ``pred_logits`` ``(B, Q, C)``, ``pred_boxes`` ``(B, Q, 4)`` (sigmoid cxcywh) and one target
+    dict per image holding ``labels`` ``(N,)`` and ``boxes`` ``(N, 4)`` (cxcywh, normalised). Returns, per
+    image, ``(query_indices, target_indices)`` int64 CPU tensors of equal length ``min(Q, N)``, sorted by
+    query index. Images without targets give two empty tensors.
+    """
+
+    def __init__(self, config: MatcherConfig | None = None) -> None:
+        self.config = config or MatcherConfig()
+
+    @torch.no_grad()
+    def __call__(
+        self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if (
+            pred_logits.dim() != 3
+            or pred_boxes.shape[:2] != pred_logits.shape[:2]
+            or pred_boxes.shape[-1] != 4
+        ):
+            raise ValueError(
+                f"matcher: expected pred_logits (B, Q, C) and pred_boxes (B, Q, 4), got "
+                f"{tuple(pred_logits.shape)} and {tuple(pred_boxes.shape)}"
+            )
+        if len(targets) != pred_logits.shape[0]:
+            raise ValueError(
+                f"matcher: {len(targets)} target dicts for a batch of {pred_logits.shape[0]} images"
+            )
+        num_classes = pred_logits.shape[-1]
+        indices = []
+        for image, target in enumerate(targets):
+            labels = target["labels"]
+            if labels.numel() == 0:
+                empty = torch.zeros(0, dtype=torch.int64)
+                indices.append((empty, empty.clone()))
+                continue
+            if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+                raise ValueError(
+                    f"matcher: image {image} has label {int(labels.max())} outside the {num_classes} predicted classes"
+                )
+            cost = matching_cost(pred_logits[image], pred_boxes[image], labels, target["boxes"], self.config)
+            cost = torch.nan_to_num(
+                cost, nan=_NONFINITE_COST, posinf=_NONFINITE_COST, neginf=-_NONFINITE_COST
+            )
+            rows, cols = linear_sum_assignment(cost.cpu().numpy())
+            indices.append(
+                (
+                    torch.as_tensor(rows, dtype=torch.int64),
+                    torch.as_tensor(np.asarray(cols), dtype=torch.int64),
+                )
+            )
+        return indices

@@ -1,0 +1,583 @@
+"""The training curriculum as data: :class:`TrainConfig` with its list of :class:`StageConfig`.
+
+The paper (section 4.2) trains UniHema in six sequential steps, each starting from the previous one's
+weights, each with its own tasks, data, trainable modules and schedule. A YAML file describes them::
+
+    seed: 42
+    model: {preset: tiny}
+    data: {root: null, num_workers: 0, transforms: {seg_size: 256}}
+    loss: {attribute_loss: ce}
+    runtime: {precision: float32, checkpoint_every: 200, keep_last: 3}
+    stages:
+      - name: step1_classification
+        tasks:
+          classification: {pbc: 1.0, bccd_wbc_crops: 2.0}   # dataset -> sampling weight
+        train: [B, E_I, SCFE, heads]                         # every other module group is frozen
+        epochs: 24
+        k_per_task: 32
+        lr: 1.0e-4
+        backbone_lr_scale: 0.1
+        scheduler: {name: step, step_epochs: 10, gamma: 0.1}
+
+A dataset is ``synthetic`` (the built-in generated corpus) or the name of a real dataset of the catalog
+(:mod:`unihema.data.catalog`), read from ``data.root``. Module group names are those of
+:meth:`unihema.model.unihema.UniHema.module_groups` (:data:`MODULE_GROUPS`).
+
+Loading validates everything up front and raises :class:`TrainConfigError` naming the file, the stage
+and the field (``configs/x.yaml: stages[2] (step3_joint).lr must be > 0, got -1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unihema.data.schema import Task
+from unihema.train.losses import LossConfig
+
+MODULE_GROUPS: tuple[str, ...] = ("B", "E_I", "D_I", "E_T", "D_T", "CMF", "TGVR", "SCFE", "QGMF", "heads")
+"""Module groups of the model that a stage trains or freezes (``train: all`` trains every group)."""
+BACKBONE_GROUP = "B"
+ALL_GROUPS = "all"
+SCHEDULERS: tuple[str, ...] = ("constant", "step", "cosine")
+BATCH_MODES: tuple[str, ...] = ("round_robin", "weighted", "joint")
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SYNTHETIC = "synthetic"
+"""Dataset name of the built-in generated corpus."""
+LEAK_ACTIONS: tuple[str, ...] = ("drop", "move", "keep")
+
+
+class TrainConfigError(ValueError):
+    """An invalid training configuration; the message names the field (and the stage)."""
+
+
+def _fail(where: str, message: str, value: Any = dataclasses.MISSING) -> None:
+    suffix = "" if value is dataclasses.MISSING else f", got {value!r}"
+    raise TrainConfigError(f"{where} {message}{suffix}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule of one stage, applied per optimiser step after an optional linear warm-up.
+
+    Attributes:
+        name: ``"constant"``, ``"step"`` (multiply by ``gamma`` every ``step_epochs`` epochs, the authors'
+            StepLR) or ``"cosine"`` (cosine decay to ``min_lr_scale`` x lr over the stage).
+        step_epochs: epochs between two decays of ``"step"`` (may be fractional).
+        gamma: decay factor of ``"step"``.
+        min_lr_scale: final learning rate of ``"cosine"`` as a fraction of the initial one.
+        warmup_steps: optimiser steps of linear warm-up from 0 at the start of the stage.
+    """
+
+    name: str = "step"
+    step_epochs: float = 10.0
+    gamma: float = 0.1
+    min_lr_scale: float = 0.0
+    warmup_steps: int = 0
+
+    def validate(self, where: str) -> None:
+        if self.name not in SCHEDULERS:
+            _fail(f"{where}.name", f"must be one of {SCHEDULERS}", self.name)
+        if not _is_number(self.step_epochs) or self.step_epochs <= 0:
+            _fail(f"{where}.step_epochs", "must be a number > 0", self.step_epochs)
+        if not _is_number(self.gamma) or not 0 < self.gamma <= 1:
+            _fail(f"{where}.gamma", "must be in (0, 1]", self.gamma)
+        if not _is_number(self.min_lr_scale) or not 0 <= self.min_lr_scale <= 1:
+            _fail(f"{where}.min_lr_scale", "must be in [0, 1]", self.min_lr_scale)
+        if not _is_int(self.warmup_steps) or self.warmup_steps < 0:
+            _fail(f"{where}.warmup_steps", "must be an integer >= 0", self.warmup_steps)
+
+    def factor(self, step: int, total_steps: int, steps_per_epoch: int) -> float:
+        """Learning-rate multiplier at optimiser step ``step`` (0-based) of a stage of ``total_steps``."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.name == "constant":
+            return 1.0
+        if self.name == "step":
+            decays = int(step // max(1.0, self.step_epochs * steps_per_epoch))
+            return self.gamma**decays
+        span = max(1, total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_scale + (1 - self.min_lr_scale) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class StageConfig:
+    """One stage of the curriculum.
+
+    Attributes:
+        name: unique stage name (used in logs, checkpoints and ``--stages``).
+        tasks: task name -> {dataset name -> sampling weight}. Weights scale how often a dataset's samples
+            are drawn within its task (all 1: every sample once per epoch).
+        train: module groups trained in this stage (:data:`MODULE_GROUPS`, or ``[all]``); all others are
+            frozen. Parameters the model itself keeps frozen (e.g. the ResNet stem) stay frozen.
+        epochs: passes over the stage's data (an epoch is one pass of the multi-task sampler).
+        max_steps: optimiser steps of the stage; with ``epochs`` too, whichever ends first.
+        k_per_task: images per task per batch on each process, one number or task -> number.
+        mode: batch composition: ``"round_robin"`` (one task per optimiser step, in turn), ``"weighted"``
+            (tasks in random order) or ``"joint"`` (every step holds one batch of every task and one
+            optimiser step follows the summed losses, as the paper's step 3).
+        lr: learning rate of the non-backbone parameters.
+        backbone_lr_scale: the backbone (group ``B``) learns at ``lr * backbone_lr_scale``.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        grad_clip: maximum global gradient norm (``null`` disables clipping).
+        scheduler: learning-rate schedule (:class:`SchedulerConfig`).
+        split: which split of each dataset the stage trains on.
+    """
+
+    name: str
+    tasks: dict[Task, dict[str, float]]
+    train: tuple[str, ...]
+    epochs: float | None = None
+    max_steps: int | None = None
+    k_per_task: int | dict[Task, int] = 2
+    mode: str = "round_robin"
+    lr: float = 1.0e-4
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 0.1
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    split: str = "train"
+
+    @property
+    def trainable_groups(self) -> tuple[str, ...]:
+        return MODULE_GROUPS if ALL_GROUPS in self.train else tuple(self.train)
+
+    @property
+    def frozen_groups(self) -> tuple[str, ...]:
+        return tuple(g for g in MODULE_GROUPS if g not in self.trainable_groups)
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for weights in self.tasks.values():
+            names += [name for name in weights if name not in names]
+        return tuple(names)
+
+    def k_of(self, task: Task) -> int:
+        return self.k_per_task[task] if isinstance(self.k_per_task, dict) else self.k_per_task
+
+    def dataset_weights(self) -> dict[str, float] | None:
+        """Per-dataset sampling weights for the sampler, or None when all are 1."""
+        weights: dict[str, float] = {}
+        for per_task in self.tasks.values():
+            weights.update(per_task)
+        return None if all(w == 1.0 for w in weights.values()) else weights
+
+    def validate(self, where: str) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            _fail(f"{where}.name", "must be a non-empty name of letters, digits, '_', '.', '-'", self.name)
+        if not self.tasks:
+            _fail(f"{where}.tasks", "must name at least one task")
+        seen: dict[str, float] = {}
+        for task, weights in self.tasks.items():
+            if not weights:
+                _fail(f"{where}.tasks.{task.value}", "must name at least one dataset")
+            for dataset, weight in weights.items():
+                if not _is_number(weight) or weight < 0:
+                    _fail(f"{where}.tasks.{task.value}.{dataset}", "weight must be a number >= 0", weight)
+                if dataset in seen and seen[dataset] != weight:
+                    _fail(
+                        f"{where}.tasks.{task.value}.{dataset}",
+                        f"weight differs from the same dataset's weight in another task ({seen[dataset]})",
+                        weight,
+                    )
+                seen[dataset] = weight
+            if all(w == 0 for w in weights.values()):
+                _fail(f"{where}.tasks.{task.value}", "has only zero weights")
+        groups = self.train
+        if not groups:
+            _fail(f"{where}.train", f"must list module groups to train ({', '.join(MODULE_GROUPS)} or all)")
+        for group in groups:
+            if group != ALL_GROUPS and group not in MODULE_GROUPS:
+                _fail(
+                    f"{where}.train",
+                    f"has unknown module group {group!r} (known: {', '.join(MODULE_GROUPS)}, all)",
+                )
+        if self.epochs is None and self.max_steps is None:
+            _fail(where, "needs epochs or max_steps")
+        if self.epochs is not None and (not _is_number(self.epochs) or self.epochs <= 0):
+            _fail(f"{where}.epochs", "must be a number > 0", self.epochs)
+        if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps <= 0):
+            _fail(f"{where}.max_steps", "must be an integer > 0", self.max_steps)
+        ks = self.k_per_task.values() if isinstance(self.k_per_task, dict) else [self.k_per_task]
+        if not all(_is_int(k) and k > 0 for k in ks):
+            _fail(
+                f"{where}.k_per_task",
+                "must be a positive integer or task -> positive integer",
+                self.k_per_task,
+            )
+        if isinstance(self.k_per_task, dict):
+            missing = [t.value for t in self.tasks if t not in self.k_per_task]
+            if missing:
+                _fail(f"{where}.k_per_task", f"has no batch size for {missing}")
+        if self.mode not in BATCH_MODES:
+            _fail(f"{where}.mode", f"must be one of {BATCH_MODES}", self.mode)
+        for name, low_open in (("lr", True), ("backbone_lr_scale", False), ("weight_decay", False)):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0 or (low_open and value == 0):
+                _fail(f"{where}.{name}", "must be a number " + ("> 0" if low_open else ">= 0"), value)
+        if len(self.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in self.betas):
+            _fail(f"{where}.betas", "must be two numbers in [0, 1)", self.betas)
+        if self.grad_clip is not None and (not _is_number(self.grad_clip) or self.grad_clip <= 0):
+            _fail(f"{where}.grad_clip", "must be a number > 0 or null", self.grad_clip)
+        if self.split not in SPLITS:
+            _fail(f"{where}.split", f"must be one of {SPLITS}", self.split)
+        self.scheduler.validate(f"{where}.scheduler")
+
+
+@dataclass
+class ModelSpec:
+    """Which model a run starts from.
+
+    Attributes:
+        preset: :meth:`unihema.model.configuration.UniHemaConfig.from_preset` name (``tiny`` or ``paper``).
+        overrides: section -> fields merged into the preset (e.g. ``{vision: {num_queries: 100}}``).
+        config_file: a JSON/YAML model configuration used instead of ``preset``/``overrides``.
+        init_from: a directory written by ``UniHema.save_pretrained`` to start from (its configuration wins).
+    """
+
+    preset: str = "tiny"
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    config_file: str | None = None
+    init_from: str | None = None
+
+
+@dataclass
+class DataSpec:
+    """Where the data comes from and how it is prepared.
+
+    Attributes:
+        root: folder holding the real datasets (one sub-folder per catalog name); ``null`` uses
+            ``$UNIHEMA_DATASETS`` or ``../shared/datasets`` next to the working directory.
+        synthetic: fields of ``unihema.data.synthetic.SyntheticConfig`` for the generated corpus.
+        transforms: fields of :class:`unihema.data.transforms.TransformConfig` (sizes, augmentation).
+        splits: fields of :class:`unihema.data.splits.SplitConfig` for datasets without their own split.
+        leak_action: ``"drop"`` (default) or ``"move"`` training images that duplicate an evaluation image
+            of any dataset used by the run (see :func:`unihema.data.splits.resolve_cross_dataset_leaks`),
+            or ``"keep"`` to skip the check.
+        reader_options: dataset name -> reader options merged over the catalog's (e.g.
+            ``{wbcatt: {tasks: [cell_morphology, vqa, mlm]}}`` to also build WBCAtt's text samples).
+        num_workers: data-loading worker processes per rank (0 loads in the training process, which also
+            makes a resumed run replay the exact augmentation draws).
+        pad_to_multiple: batches are padded to a multiple of this many pixels.
+    """
+
+    root: str | None = None
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    transforms: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, Any] = field(default_factory=dict)
+    leak_action: str = "drop"
+    reader_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    num_workers: int = 0
+    pad_to_multiple: int = 32
+
+
+@dataclass
+class RuntimeConfig:
+    """How the training process runs.
+
+    Attributes:
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        precision: ``"float32"`` or ``"bfloat16"`` (autocast of the forward; weights stay float32).
+        log_every: optimiser steps between two rows of ``metrics.csv`` / TensorBoard points.
+        checkpoint_every: optimiser steps between two checkpoints (plus one at each stage end); 0 = only at
+            stage ends.
+        keep_last: number of step checkpoints kept (stage-end checkpoints are always kept).
+        max_nonfinite_steps: a run stops after this many consecutive steps with a non-finite loss or
+            gradient (each such step is skipped and logged).
+        tensorboard: also write TensorBoard event files under ``tensorboard/``.
+        deterministic: ask PyTorch for deterministic algorithms (slower; for reproducibility checks).
+    """
+
+    device: str = "auto"
+    precision: str = "float32"
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    max_nonfinite_steps: int = 5
+    tensorboard: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run: model, data, losses, runtime and the stages in order.
+
+    Attributes:
+        stages: the curriculum (:class:`StageConfig`), run in order, each from the previous one's weights.
+        model: :class:`ModelSpec`.
+        data: :class:`DataSpec`.
+        loss: :class:`unihema.train.losses.LossConfig`.
+        runtime: :class:`RuntimeConfig`.
+        seed: seed of the model initialisation, the samplers and the augmentation.
+    """
+
+    stages: list[StageConfig]
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    loss: LossConfig = field(default_factory=LossConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not _is_int(self.seed) or self.seed < 0:
+            _fail("seed", "must be an integer >= 0", self.seed)
+        if not self.stages:
+            _fail("stages", "must list at least one stage")
+        names: set[str] = set()
+        for index, stage in enumerate(self.stages):
+            where = f"stages[{index}] ({getattr(stage, 'name', '?')})"
+            stage.validate(where)
+            if stage.name in names:
+                _fail(f"{where}.name", "is used by two stages", stage.name)
+            names.add(stage.name)
+        _validate_runtime(self.runtime)
+        _validate_data(self.data)
+        if self.model.config_file is None and self.model.init_from is None:
+            from unihema.model.configuration import PRESETS
+
+            if self.model.preset not in PRESETS:
+                _fail("model.preset", f"must be one of {PRESETS}", self.model.preset)
+
+    # ------------------------------------------------------------------------------- dict / YAML
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a plain mapping (as read from YAML); errors are prefixed with ``source``."""
+        try:
+            return _train_config_from_dict(data)
+        except TrainConfigError as error:
+            raise TrainConfigError(f"{source}: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise TrainConfigError(f"{source}: {error}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        """Read a YAML (or JSON) training configuration."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training configuration not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise TrainConfigError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(data, dict):
+            raise TrainConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (tasks as strings, tuples as lists) that :meth:`from_dict` reads back."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Task):
+                return value.value
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            if isinstance(value, dict):
+                return {plain(k): plain(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [plain(v) for v in value]
+            return value
+
+        return plain(self)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write as YAML, atomically."""
+        import yaml
+
+        from unihema.train.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def select_stages(self, spec: str | None) -> list[int]:
+        """Indices of the stages named by ``spec``: ``None`` (all), ``"3-6"``, ``"1,3"``, 1-based numbers
+        or stage names, in curriculum order."""
+        if spec is None or spec.strip() in ("", "all"):
+            return list(range(len(self.stages)))
+        names = {stage.name: i for i, stage in enumerate(self.stages)}
+        chosen: set[int] = set()
+        for part in (p.strip() for p in spec.split(",")):
+            if part in names:
+                chosen.add(names[part])
+                continue
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if match is None:
+                raise TrainConfigError(
+                    f"--stages: {part!r} is neither a stage number/range nor a stage name ({', '.join(names)})"
+                )
+            first = int(match.group(1))
+            last = int(match.group(2) or first)
+            if not 1 <= first <= last <= len(self.stages):
+                raise TrainConfigError(f"--stages: {part!r} is outside 1-{len(self.stages)}")
+            chosen.update(range(first - 1, last))
+        return sorted(chosen)
+
+
+def _validate_runtime(runtime: RuntimeConfig) -> None:
+    if runtime.device not in DEVICES:
+        _fail("runtime.device", f"must be one of {DEVICES}", runtime.device)
+    if runtime.precision not in PRECISIONS:
+        _fail("runtime.precision", f"must be one of {PRECISIONS}", runtime.precision)
+    for name, minimum in (
+        ("log_every", 1),
+        ("checkpoint_every", 0),
+        ("keep_last", 1),
+        ("max_nonfinite_steps", 1),
+    ):
+        value = getattr(runtime, name)
+        if not _is_int(value) or value < minimum:
+            _fail(f"runtime.{name}", f"must be an integer >= {minimum}", value)
+
+
+def _validate_data(data: DataSpec) -> None:
+    if data.leak_action not in LEAK_ACTIONS:
+        _fail("data.leak_action", f"must be one of {LEAK_ACTIONS}", data.leak_action)
+    if not _is_int(data.num_workers) or data.num_workers < 0:
+        _fail("data.num_workers", "must be an integer >= 0", data.num_workers)
+    if not _is_int(data.pad_to_multiple) or data.pad_to_multiple < 1:
+        _fail("data.pad_to_multiple", "must be an integer >= 1", data.pad_to_multiple)
+    for name in ("synthetic", "transforms", "splits", "reader_options"):
+        if not isinstance(getattr(data, name), dict):
+            _fail(f"data.{name}", "must be a mapping", getattr(data, name))
+    from unihema.data.splits import SplitConfig
+    from unihema.data.transforms import TransformConfig
+
+    for name, cls in (("transforms", TransformConfig), ("splits", SplitConfig)):
+        try:
+            cls(**_tuples(getattr(data, name)))
+        except TypeError as error:
+            _fail(f"data.{name}", f"has an unknown field ({error})")
+        except ValueError as error:
+            _fail(f"data.{name}:", str(error))
+
+
+def _tuples(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()}
+
+
+def _build(cls: type, data: Any, where: str, converters: Mapping[str, Any] | None = None) -> Any:
+    """Dataclass ``cls`` from a mapping, rejecting unknown keys with the field path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        _fail(where, "must be a mapping", data)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            _fail(
+                f"{where}.{key}" if where else str(key),
+                f"is not a known field (known: {', '.join(sorted(known))})",
+            )
+        if converters and key in converters:
+            value = converters[key](value, f"{where}.{key}" if where else key)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        _fail(where or cls.__name__, f"is incomplete ({error})")
+    except ValueError as error:
+        if isinstance(error, TrainConfigError):
+            raise
+        _fail(where or cls.__name__, f"is invalid: {error}")
+
+
+def _task(name: Any, where: str) -> Task:
+    try:
+        return Task(name)
+    except ValueError:
+        _fail(where, f"names an unknown task (known: {', '.join(t.value for t in Task)})", name)
+    raise AssertionError  # unreachable
+
+
+def _tasks(value: Any, where: str) -> dict[Task, dict[str, float]]:
+    if not isinstance(value, Mapping):
+        _fail(where, "must map task -> {dataset: weight} (or task -> [datasets])", value)
+    out: dict[Task, dict[str, float]] = {}
+    for name, datasets in value.items():
+        task = _task(name, f"{where}.{name}")
+        if isinstance(datasets, str):
+            datasets = [datasets]
+        if isinstance(datasets, list):
+            datasets = {d: 1.0 for d in datasets}
+        if not isinstance(datasets, Mapping):
+            _fail(f"{where}.{name}", "must map dataset -> weight or list datasets", datasets)
+        for dataset in datasets:
+            if not isinstance(dataset, str) or not dataset:
+                _fail(f"{where}.{name}", "dataset names must be non-empty strings", dataset)
+        out[task] = {d: (float(w) if _is_number(w) else w) for d, w in datasets.items()}
+    return out
+
+
+def _k_per_task(value: Any, where: str) -> int | dict[Task, int]:
+    if isinstance(value, Mapping):
+        return {_task(t, f"{where}.{t}"): k for t, k in value.items()}
+    return value
+
+
+def _train_groups(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        _fail(where, "must be a list of module groups", value)
+    return tuple(value)
+
+
+def _stage(value: Any, index: int) -> StageConfig:
+    name = value.get("name", "?") if isinstance(value, Mapping) else "?"
+    where = f"stages[{index}] ({name})"
+    return _build(
+        StageConfig,
+        value,
+        where,
+        {
+            "tasks": _tasks,
+            "train": _train_groups,
+            "k_per_task": _k_per_task,
+            "betas": lambda v, w: tuple(v) if isinstance(v, list) else v,
+            "scheduler": lambda v, w: _build(SchedulerConfig, v, w),
+        },
+    )
+
+
+def _train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    if not isinstance(data, Mapping):
+        _fail("configuration", "must be a mapping", data)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in data:
+        if key not in known:
+            _fail(str(key), f"is not a known section (known: {', '.join(sorted(known))})")
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages:
+        _fail("stages", "must be a non-empty list of stages", stages)
+    return TrainConfig(
+        stages=[_stage(stage, i) for i, stage in enumerate(stages)],
+        model=_build(ModelSpec, data.get("model"), "model"),
+        data=_build(DataSpec, data.get("data"), "data"),
+        loss=_build(LossConfig, data.get("loss"), "loss"),
+        runtime=_build(RuntimeConfig, data.get("runtime"), "runtime"),
+        seed=data.get("seed", 42),
+    )

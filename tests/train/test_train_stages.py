@@ -1,0 +1,142 @@
+"""Curriculum configuration: YAML loading, validation messages, stage selection, schedules, shipped configs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from train_helpers import mini_config, write_yaml
+
+from conftest import dataset_path
+from unihema.data.schema import Task
+from unihema.train.stages import MODULE_GROUPS, SchedulerConfig, TrainConfig, TrainConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STAGE = {"name": "s1", "tasks": {"classification": ["synthetic"]}, "train": ["heads"], "max_steps": 2}
+
+
+def _with_stage(**changes: object) -> dict:
+    return mini_config([{**STAGE, **changes}])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lr": -1}, r"stages\[0\] \(s1\)\.lr must be a number > 0, got -1"),
+        ({"train": ["B", "decoder"]}, r"stages\[0\] \(s1\)\.train has unknown module group 'decoder'"),
+        (
+            {"tasks": {"detektion": ["synthetic"]}},
+            r"stages\[0\] \(s1\)\.tasks\.detektion names an unknown task",
+        ),
+        ({"mode": "zip"}, r"stages\[0\] \(s1\)\.mode must be one of"),
+        ({"max_steps": None}, r"stages\[0\] \(s1\) needs epochs or max_steps"),
+        ({"k_per_task": {"detection": 2}}, r"k_per_task has no batch size for \['classification'\]"),
+        ({"scheduler": {"name": "poly"}}, r"stages\[0\] \(s1\)\.scheduler\.name must be one of"),
+        ({"warmup": 3}, r"stages\[0\] \(s1\)\.warmup is not a known field"),
+        ({"tasks": {"detection": {"bccd": 1.0}, "fov_morphology": {"bccd": 2.0}}}, r"weight differs"),
+    ],
+)
+def test_invalid_stage_fields_are_named(changes: dict, message: str, tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "bad.yaml", _with_stage(**changes))
+    with pytest.raises(TrainConfigError, match=message) as error:
+        TrainConfig.load(path)
+    assert str(path) in str(error.value)
+
+
+def test_invalid_top_level_fields_are_named() -> None:
+    data = _with_stage()
+    data["runtime"]["precision"] = "float16"
+    with pytest.raises(TrainConfigError, match=r"runtime\.precision must be one of"):
+        TrainConfig.from_dict(data)
+    data = _with_stage()
+    data["optimizer"] = {}
+    with pytest.raises(TrainConfigError, match="optimizer is not a known section"):
+        TrainConfig.from_dict(data)
+    data = _with_stage()
+    data["data"]["transforms"] = {"seg_size": 0}
+    with pytest.raises(TrainConfigError, match=r"data\.transforms.*seg_size"):
+        TrainConfig.from_dict(data)
+    data = mini_config([STAGE, STAGE])
+    with pytest.raises(TrainConfigError, match=r"stages\[1\] \(s1\)\.name is used by two stages"):
+        TrainConfig.from_dict(data)
+
+
+def test_round_trip_and_derived_fields() -> None:
+    data = mini_config(
+        [
+            {
+                **STAGE,
+                "tasks": {"detection": {"synthetic": 1.0, "bccd": 3.0}},
+                "k_per_task": {"detection": 4},
+            },
+            {"name": "s2", "tasks": {"vqa": "synthetic"}, "train": "all", "epochs": 1.5},
+        ]
+    )
+    config = TrainConfig.from_dict(data)
+    assert TrainConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+    first, second = config.stages
+    assert first.tasks == {Task.DETECTION: {"synthetic": 1.0, "bccd": 3.0}}
+    assert first.k_of(Task.DETECTION) == 4
+    assert first.dataset_weights() == {"synthetic": 1.0, "bccd": 3.0}
+    assert first.frozen_groups == tuple(g for g in MODULE_GROUPS if g != "heads")
+    assert second.trainable_groups == MODULE_GROUPS and second.dataset_weights() is None
+
+
+def test_stage_selection() -> None:
+    config = TrainConfig.from_dict(mini_config([{**STAGE, "name": f"s{i}"} for i in range(1, 7)]))
+    assert config.select_stages(None) == [0, 1, 2, 3, 4, 5]
+    assert config.select_stages("3-6") == [2, 3, 4, 5]
+    assert config.select_stages("1,3") == [0, 2]
+    assert config.select_stages("s2,5") == [1, 4]
+    with pytest.raises(TrainConfigError, match="outside 1-6"):
+        config.select_stages("5-7")
+    with pytest.raises(TrainConfigError, match="neither a stage number"):
+        config.select_stages("last")
+
+
+def test_schedules() -> None:
+    step = SchedulerConfig(name="step", step_epochs=2, gamma=0.1)
+    assert [step.factor(s, 100, 10) for s in (0, 19, 20, 40)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    cosine = SchedulerConfig(name="cosine", warmup_steps=4, min_lr_scale=0.1)
+    assert cosine.factor(0, 104, 10) == pytest.approx(0.25)
+    assert cosine.factor(4, 104, 10) == pytest.approx(1.0)
+    assert cosine.factor(54, 104, 10) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert cosine.factor(104, 104, 10) == pytest.approx(0.1)
+    assert SchedulerConfig(name="constant").factor(1000, 10, 1) == 1.0
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "demo-tiny.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    config = TrainConfig.load(REPO_ROOT / "configs" / name)
+    assert len(config.stages) == 6
+    # The paper's freezing: step 3 trains the vision side only, step 6 only CMF and D_T.
+    step3, step6 = config.stages[2], config.stages[5]
+    assert step3.mode == "joint" and step3.k_per_task == 2
+    assert {"E_T", "D_T", "CMF"} <= set(step3.frozen_groups)
+    assert set(step6.trainable_groups) == {"CMF", "D_T"}
+
+
+@pytest.mark.realdata
+def test_paper_config_reads_real_datasets_with_partial_class_masks() -> None:
+    from unihema.data.vocab import DETECTION_CLASSES
+    from unihema.train.trainer import CorpusCache, stage_samples
+
+    root = dataset_path("bccd").parent
+    dataset_path("fiocruz_malaria_thick")
+    data = TrainConfig.load(REPO_ROOT / "configs" / "paper.yaml").to_dict()
+    data["data"]["root"] = str(root)
+    data["stages"] = [
+        {**data["stages"][3], "tasks": {"detection": {"bccd": 1.0, "fiocruz_malaria_thick": 1.0}}}
+    ]
+    cache = CorpusCache(TrainConfig.from_dict(data))
+    samples = stage_samples(cache, cache.config.stages[0])[Task.DETECTION]
+    assert {s.dataset for s in samples} == {"bccd", "fiocruz_malaria_thick"}
+    assert all(s.split == "train" for s in samples)
+
+    def names(dataset: str) -> set[str]:
+        mask = cache.class_mask(dataset, Task.DETECTION)
+        return {DETECTION_CLASSES[i] for i in mask.nonzero().flatten().tolist()}
+
+    assert names("bccd") == {"rbc", "wbc", "platelet"}
+    assert names("fiocruz_malaria_thick") == {"p. falciparum", "p. vivax"}

@@ -1,0 +1,187 @@
+"""The staged trainer in-process: freezing per stage, non-finite steps, run directory, resume guards."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import mini_config
+
+from unihema.train.checkpoint import latest_checkpoint
+from unihema.train.losses import UniHemaCriterion
+from unihema.train.stages import TrainConfig
+from unihema.train.trainer import (
+    CONFIG_SNAPSHOT,
+    METRICS_FILE,
+    NonFiniteLossError,
+    iter_metrics,
+    run_training,
+)
+
+CLS_STAGE = {"tasks": {"classification": ["synthetic"]}, "k_per_task": 2}
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """Parameters and buffers of every module group."""
+    return {
+        group: {name: t.detach().clone() for name, t in module.state_dict().items()}
+        for group, module in model.module_groups().items()
+    }
+
+
+def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
+    return [name for name in before if not torch.equal(before[name], after[name])]
+
+
+def test_frozen_groups_do_not_change_during_a_stage(tmp_path: Path) -> None:
+    from unihema.train.trainer import build_model
+
+    data = mini_config(
+        [
+            {"name": "heads_only", **CLS_STAGE, "train": ["SCFE", "heads"], "max_steps": 2, "lr": 1e-2},
+            {
+                "name": "seg_qgmf",
+                "tasks": {"segmentation": ["synthetic"]},
+                "k_per_task": 2,
+                "train": ["QGMF"],
+                "max_steps": 2,
+                "lr": 1e-2,
+            },
+        ]  # fmt: skip
+    )
+    # Plain batch norm in the backbone: its running statistics would move in train mode if frozen groups
+    # were not switched to eval mode.
+    data["model"]["overrides"]["vision"]["frozen_batchnorm"] = False
+    config = TrainConfig.from_dict(data)
+    torch.manual_seed(config.seed)
+    initial = _snapshot(build_model(config))  # the run re-seeds identically before building its model
+    model = run_training(config, tmp_path / "run", stages="1", progress=False)
+    after_first = _snapshot(model)
+    assert any("running_mean" in name for name in initial["B"])
+    for group in ("B", "E_I", "D_I", "E_T", "D_T", "CMF", "TGVR", "QGMF"):
+        assert not _changed(initial[group], after_first[group]), group
+    assert _changed(initial["SCFE"], after_first["SCFE"])
+    assert any("cell_class" in name for name in _changed(initial["heads"], after_first["heads"]))
+
+    # A later stage continues from the saved result and trains only QGMF (its batch norms included).
+    resumed_config = TrainConfig.from_dict(
+        {
+            **config.to_dict(),
+            "model": {**config.to_dict()["model"], "init_from": str(tmp_path / "run" / "final")},
+        }
+    )
+    model = run_training(resumed_config, tmp_path / "run2", stages="seg_qgmf", progress=False)
+    after_second = _snapshot(model)
+    for group in ("B", "E_I", "D_I", "E_T", "D_T", "CMF", "TGVR", "SCFE", "heads"):
+        assert not _changed(after_first[group], after_second[group]), group
+    assert _changed(after_first["QGMF"], after_second["QGMF"])
+
+
+def test_backbone_layers_frozen_by_the_model_stay_frozen(tmp_path: Path) -> None:
+    from unihema.train.trainer import build_model
+
+    config = TrainConfig.from_dict(
+        mini_config([{"name": "backbone", **CLS_STAGE, "train": ["B"], "max_steps": 2, "lr": 1e-2}])
+    )
+    torch.manual_seed(config.seed)
+    reference = build_model(config)
+    kept_frozen = {n for n, p in reference.named_parameters() if not p.requires_grad}
+    assert kept_frozen, "the tiny preset is expected to keep the ResNet stem frozen"
+    before = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    model = run_training(config, tmp_path / "run", progress=False)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in kept_frozen)
+    assert any(
+        not torch.equal(before[n], after[n])
+        for n in before
+        if n.startswith("backbone.") and n not in kept_frozen
+    )
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = UniHemaCriterion.forward
+    calls = {"loss": 0, "step": 0}
+    poisoned = {2, 4, 5, 6}  # step 2 alone is skipped; steps 4-6 make a streak of 3
+
+    def flaky(self, outputs, targets, task, padded_size=None):  # type: ignore[no-untyped-def]
+        calls["loss"] += 1
+        losses = original(self, outputs, targets, task, padded_size)
+        if calls["loss"] in poisoned:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    original_step = torch.optim.AdamW.step
+
+    def counted_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["step"] += 1
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(UniHemaCriterion, "forward", flaky)
+    monkeypatch.setattr(torch.optim.AdamW, "step", counted_step)
+    config = TrainConfig.from_dict(
+        mini_config(
+            [{"name": "cls", **CLS_STAGE, "train": ["SCFE", "heads"], "max_steps": 8, "lr": 1e-2}],
+            max_nonfinite_steps=3,
+            checkpoint_every=1,
+            keep_last=5,
+        )  # fmt: skip
+    )
+    run_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"3 consecutive steps .*checkpoints/step-00000003"):
+        run_training(config, run_dir, progress=False)
+    assert calls["step"] == 2  # only the finite steps 1 and 3 updated the weights
+    rows = list(iter_metrics(run_dir))
+    assert [int(r["skipped"]) for r in rows] == [0, 1, 0, 1, 1, 1]
+    assert math.isnan(float(rows[1]["loss"])) and math.isfinite(float(rows[2]["loss"]))
+    assert (run_dir / "train.log").read_text().count("step skipped") == 4
+    # No checkpoint is written during a streak: the newest one is the last good state.
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == [
+        "step-00000001",
+        "step-00000003",
+    ]
+    assert latest_checkpoint(run_dir).name == "step-00000003"
+
+
+def test_run_directory_contents_and_guards(tmp_path: Path) -> None:
+    config = TrainConfig.from_dict(
+        mini_config([{"name": "cls", **CLS_STAGE, "train": ["heads"], "max_steps": 2}], tensorboard=True)
+    )
+    run_dir = tmp_path / "run"
+    run_training(config, run_dir, progress=False)
+    for name in (
+        CONFIG_SNAPSHOT,
+        "run.json",
+        "train.log",
+        METRICS_FILE,
+        "final/model.safetensors",
+        "final/config.json",
+    ):
+        assert (run_dir / name).exists(), name
+    assert any((run_dir / "tensorboard").iterdir())
+    assert (run_dir / "checkpoints" / "stage-01-cls" / "training_state.pt").is_file()
+    assert TrainConfig.load(run_dir / CONFIG_SNAPSHOT).to_dict() == config.to_dict()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_training(config, run_dir, progress=False)
+    changed = TrainConfig.from_dict({**config.to_dict(), "seed": 9})
+    with pytest.raises(ValueError, match="sections: seed"):
+        run_training(changed, run_dir, resume=True, progress=False)
+
+
+def test_bfloat16_autocast_trains_with_float32_weights(tmp_path: Path) -> None:
+    stage = {
+        "name": "det",
+        "tasks": {"detection": ["synthetic"]},
+        "k_per_task": 2,
+        "train": ["D_I", "heads"],
+        "max_steps": 2,
+    }
+    config = TrainConfig.from_dict(mini_config([stage], precision="bfloat16"))
+    model = run_training(config, tmp_path / "run", progress=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    rows = list(iter_metrics(tmp_path / "run"))
+    assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) and r["skipped"] == "0" for r in rows)
+    assert float(rows[0]["loss_bbox"]) > 0

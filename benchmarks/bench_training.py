@@ -3,7 +3,7 @@
 One training step = forward, the task's loss (:class:`unihema.train.losses.UniHemaCriterion`), backward,
 gradient clipping and an AdamW update of every parameter the model leaves trainable (no group frozen: the
 slowest case of a stage). Batches are prepared before the clock starts, so the numbers are model + loss +
-optimiser time without data loading. Sizes are those of ``configs/demo-tiny.yaml`` by default.
+optimiser time without data loading. Sizes are those of ``src/unihema/configs/demo.yaml`` by default.
 
     python benchmarks/bench_training.py                                # print the table
     python benchmarks/bench_training.py --write-doc docs/benchmarks.md # (re)write its section
@@ -99,7 +99,7 @@ def markdown(rows: list[tuple[str, int, str, float, float]], args: argparse.Name
         f"with every trainable parameter of the `{args.preset}` preset updated, batch {args.batch_size}, "
         f"{args.warmup} warm-up step(s) then {args.steps} timed steps, batches prepared in advance (no data "
         f"loading); inputs: detection {args.det_size} px, segmentation {args.seg_size} px, single-cell "
-        f"{args.cls_size} px, text {args.text_size} px (the sizes of `configs/demo-tiny.yaml`). torch "
+        f"{args.cls_size} px, text {args.text_size} px (the sizes of `src/unihema/configs/demo.yaml`). torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()} CPU, load average "
         f"{load:.1f} when the table was written: the CPU was shared with other jobs, so rows can be off by a "
         "factor of several; rerun on an idle machine before comparing.",

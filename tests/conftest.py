@@ -28,3 +28,16 @@ def datasets_root() -> Path:
             pytest.fail(f"datasets missing at {DATASETS_ROOT} (UNIHEMA_REQUIRE_DATA=1)")
         pytest.skip(f"datasets not found at {DATASETS_ROOT}")
     return DATASETS_ROOT
+
+
+REFERENCE_ROOT = REPO_ROOT.parent / "shared" / "reference"
+
+
+def reference_file(name: str) -> Path:
+    """A file of ../shared/reference (e.g. the authors' state-dict listing); skips, or fails under CI."""
+    path = REFERENCE_ROOT / name
+    if not path.is_file():
+        if os.environ.get("UNIHEMA_REQUIRE_DATA") == "1":
+            pytest.fail(f"reference file {path} missing (UNIHEMA_REQUIRE_DATA=1)")
+        pytest.skip(f"reference file {path} not found")
+    return path

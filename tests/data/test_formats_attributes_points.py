@@ -282,3 +282,16 @@ def test_points_wrong_format(tmp_path: Path) -> None:
     assert not get_reader("points").sniff(tmp_path)
     with pytest.raises(WrongFormatError, match="'x y class'"):
         get_reader("points").read(tmp_path)
+
+
+def test_chula_crops_of_one_smear_share_a_split():
+    from unihema.data.formats.base import get_reader
+    from unihema.data.splits import assign_splits
+
+    samples = assign_splits(get_reader("points").read(dataset_path("chula_rbc12")).samples)
+    splits_per_smear: dict[str, set] = {}
+    for sample in samples:
+        splits_per_smear.setdefault(sample.extra["split_group"], set()).add(sample.split)
+    assert len(splits_per_smear) == 208
+    assert all(len(splits) == 1 for splits in splits_per_smear.values())
+    assert {"train", "val", "test"} == set().union(*splits_per_smear.values())

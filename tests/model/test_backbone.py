@@ -150,7 +150,7 @@ def test_nested_state_dict_is_accepted(tmp_path):
 def test_groupnorm_groups():
     assert groupnorm_groups(256) == 32
     assert groupnorm_groups(48) == 24
-    assert groupnorm_groups(20) == 20
+    assert groupnorm_groups(20) == 10
     assert groupnorm_groups(34) == 17
 
 
@@ -212,3 +212,10 @@ def test_sine_position_encoding_values_and_padding_invariance():
     padded_mask[:, :3, :5] = False
     padded = enc(padded_mask)
     torch.testing.assert_close(padded[..., :3, :5], unpadded)
+
+
+def test_input_projection_trains_on_one_image_whose_coarsest_level_is_one_pixel():
+    projection = InputProjection([64, 128, 256], d_model=32, num_levels=4).train()
+    features = [torch.randn(1, 64, 8, 8), torch.randn(1, 128, 4, 4), torch.randn(1, 256, 2, 2)]
+    maps, masks = projection(features, torch.zeros(1, 64, 64, dtype=torch.bool))
+    assert maps[-1].shape == (1, 32, 1, 1) and torch.isfinite(maps[-1]).all()

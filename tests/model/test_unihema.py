@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from unihema_testers import IMAGE_SIZE, PROMPTS, detection_targets, small_test_config, text_targets
 
+from conftest import REFERENCE_ROOT, reference_file
 from unihema.data.schema import Task
 from unihema.data.vocab import CELL_CLASSES, DETECTION_CLASSES
 from unihema.model.persistence import WEIGHTS_NAME, CheckpointError
@@ -15,7 +16,7 @@ from unihema.model.unihema import MODULE_GROUPS, UniHema
 
 Q = 20  # small_test_config num_queries
 LAYERS = 2  # small_test_config decoder layers
-UPSTREAM_STATE_DICT = Path(__file__).resolve().parents[3] / "shared" / "reference" / "upstream-state-dict.tsv"
+UPSTREAM_STATE_DICT = REFERENCE_ROOT / "upstream-state-dict.tsv"
 
 # Module groups each task must train (and no others).
 EXPECTED_GROUPS = {
@@ -287,8 +288,7 @@ def test_paper_preset_builds_on_meta_and_mirrors_upstream_shapes() -> None:
     )
     assert state["tgvr.combined_proj.weight"].shape == (256, 512)
     assert state["scfe.proj.weight"].shape == (256, 512)
-    if not UPSTREAM_STATE_DICT.is_file():
-        pytest.skip("upstream state-dict listing not available")
+    reference_file(UPSTREAM_STATE_DICT.name)
     compared = 0
     for line in UPSTREAM_STATE_DICT.read_text().splitlines():
         if line.startswith("T5_model."):

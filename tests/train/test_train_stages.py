@@ -106,9 +106,9 @@ def test_schedules() -> None:
     assert SchedulerConfig(name="constant").factor(1000, 10, 1) == 1.0
 
 
-@pytest.mark.parametrize("name", ["paper.yaml", "demo-tiny.yaml"])
-def test_shipped_configs_load(name: str) -> None:
-    config = TrainConfig.load(REPO_ROOT / "configs" / name)
+@pytest.mark.parametrize("path", ["configs/paper.yaml", "src/unihema/configs/demo.yaml"])
+def test_shipped_configs_load(path: str) -> None:
+    config = TrainConfig.load(REPO_ROOT / path)
     assert len(config.stages) == 6
     # The paper's freezing: step 3 trains the vision side only, step 6 only CMF and D_T.
     step3, step6 = config.stages[2], config.stages[5]

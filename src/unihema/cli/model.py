@@ -4,6 +4,10 @@
 E_T, D_T, CMF, TGVR, SCFE, QGMF, heads) and the total; for the ``paper`` preset it compares the vision
 and text totals with the authors' model. The model is built on PyTorch's ``meta`` device (shapes only,
 no memory, no initialisation), so even the 300M-parameter preset is counted in about a second.
+
+``unihema model convert-upstream CKPT --out DIR`` converts the authors' released checkpoint into a
+``save_pretrained`` folder and prints how many tensors were converted, dropped and initialised
+(``docs/upstream-checkpoint.md``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--config", help="a configuration file (.json/.yaml) instead of a preset")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=run_info)
+
+    convert = commands.add_parser(
+        "convert-upstream", help="convert the authors' released checkpoint into a UniHema folder"
+    )
+    convert.add_argument("checkpoint", metavar="CKPT", help="the authors' .pth (e.g. checkpoint0023.pth)")
+    convert.add_argument("--out", required=True, help="output folder (written with save_pretrained)")
+    convert.add_argument(
+        "--tokenizer",
+        help="local folder with flan-t5-base's tokenizer files (needed for meaningful VQA/MLM output)",
+    )
+    convert.add_argument(
+        "--config", help="a configuration file mirroring the authors' model (default: the built-in mirror)"
+    )
+    convert.add_argument("--json", action="store_true", help="print the full mapping report as JSON")
+    convert.set_defaults(func=run_convert_upstream)
 
 
 def parameter_report(config: Any) -> dict[str, Any]:
@@ -91,4 +110,49 @@ def run_info(args: argparse.Namespace) -> int:
     config = UniHemaConfig.load(args.config) if args.config else UniHemaConfig.from_preset(args.preset)
     report = parameter_report(config)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def run_convert_upstream(args: argparse.Namespace) -> int:
+    from unihema.model.configuration import UniHemaConfig
+    from unihema.model.convert_upstream import convert_upstream_checkpoint
+
+    config = UniHemaConfig.load(args.config) if args.config else None
+    model, result = convert_upstream_checkpoint(args.checkpoint, config, tokenizer=args.tokenizer)
+    model.save_pretrained(args.out)
+    warnings = []
+    if args.tokenizer is None:
+        warnings.append(
+            "no --tokenizer given: the T5 embedding rows follow flan-t5-base's token ids, so VQA/MLM "
+            "output needs that tokenizer (the saved folder holds the domain tokenizer)"
+        )
+    if args.json:
+        report = {
+            "out": str(args.out),
+            **result.summary(),
+            "sources": result.sources,
+            "dropped_tensors": result.dropped,
+            "initialised_tensors": result.initialised,
+            "warnings": warnings,
+        }
+        print(json.dumps(report, indent=2))
+        return 0
+    counts = result.summary()
+    print(f"wrote {args.out}")
+    print(
+        f"converted {counts['converted']} tensors, dropped {counts['dropped']} upstream tensors, "
+        f"initialised {counts['initialised']} of ours (fully or some rows)"
+    )
+    reasons: dict[str, int] = {}
+    for reason in result.dropped.values():
+        key = reason.split(": ", 1)[1] if reason.startswith("copy of ") else reason
+        reasons[key] = reasons.get(key, 0) + 1
+    print("dropped:")
+    for reason, count in reasons.items():
+        print(f"  {count:>4} x {reason}")
+    print("initialised:")
+    for name, reason in result.initialised.items():
+        print(f"  {name}: {reason}")
+    for warning in warnings:
+        print(f"warning: {warning}")
     return 0

@@ -2,10 +2,10 @@
 
 Examples::
 
-    unihema train --config configs/demo-tiny.yaml --out runs/demo
+    unihema train --config src/unihema/configs/demo.yaml --out runs/demo
     unihema train --config configs/paper.yaml --stages 3-6 --out runs/paper-late
     unihema train --resume runs/demo                      # continue where it stopped
-    torchrun --nproc_per_node 2 -m unihema train --config configs/demo-tiny.yaml --out runs/ddp
+    torchrun --nproc_per_node 2 -m unihema train --config src/unihema/configs/demo.yaml --out runs/ddp
 """
 
 from __future__ import annotations

@@ -180,8 +180,9 @@ class ResNetBackbone(nn.Module):
 
 
 def groupnorm_groups(channels: int, max_groups: int = MAX_GROUPNORM_GROUPS) -> int:
-    """Largest group count <= ``max_groups`` that divides ``channels``."""
-    for groups in range(min(max_groups, channels), 0, -1):
+    """Largest group count <= ``max_groups`` that divides ``channels`` and leaves at least two channels per
+    group (a one-channel group has a single value on a 1x1 level, which GroupNorm cannot normalise)."""
+    for groups in range(min(max_groups, channels // 2), 0, -1):
         if channels % groups == 0:
             return groups
     return 1

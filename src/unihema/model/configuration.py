@@ -34,6 +34,7 @@ CMF_ORDERS = ("text_first", "image_first")
 TGVR_MODES = ("concat", "gate")
 SCFE_INPUTS = ("encoder_mean", "encoder_mean+backbone")
 QGMF_QUERIES = ("first", "top_scoring")
+QGMF_STYLES = ("paper", "upstream")
 QGMF_INPUT_SIZE = "input"
 PRESETS = ("tiny", "paper")
 
@@ -188,6 +189,9 @@ class TextConfig:
         relative_attention_max_distance: T5 relative position maximum distance.
         max_length: maximum number of tokens of a prompt or target text (longer texts are truncated); also
             the number of CMF learnable queries, one per text position.
+        pad_to_max_length: pad every prompt to ``max_length`` tokens (the authors' code) instead of to the
+            longest prompt of the batch. Only changes results when ``hemaformer.text_padding_masks`` is
+            off, i.e. when TGVR and CMF attend to the padding positions too.
     """
 
     pretrained_path: str | None = None
@@ -207,6 +211,7 @@ class TextConfig:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     max_length: int = 64
+    pad_to_max_length: bool = False
 
     def validate(self, prefix: str = "text.") -> None:
         _positive_int(
@@ -239,6 +244,12 @@ class TextConfig:
             self.feed_forward_proj,
         )
         _probability(prefix, self, "dropout_rate")
+        _require(
+            isinstance(self.pad_to_max_length, bool),
+            f"{prefix}pad_to_max_length",
+            "must be a boolean",
+            self.pad_to_max_length,
+        )
         _require(
             self.layer_norm_epsilon > 0,
             f"{prefix}layer_norm_epsilon",
@@ -283,6 +294,11 @@ class HemaFormerConfig:
         qgmf_mlp_layers: layers of the query-embedding MLP of eq. 4.
         qgmf_upsampler_channels: widths of the learnable upsampler; each entry is one x2 stage from the
             stride-8 query mask, three stages reach the input resolution.
+        qgmf_style: ``"paper"`` (eqs. 4-5 as described above) or ``"upstream"`` (the authors' mask branch:
+            pixel embedding ``ReLU(Linear(E_E^I level 0)) + Conv1x1(projected C3)``, query embedding
+            ``MLP(LayerNorm(E_D^I[q]))``, and an upsampler that fuses both pixel branches with two
+            conv-BatchNorm-ReLU blocks before its x2 stages, with no residual to the query mask). The
+            upstream style exists to load the authors' weights (:mod:`unihema.model.convert_upstream`).
     """
 
     text_padding_masks: bool = True
@@ -299,13 +315,15 @@ class HemaFormerConfig:
     qgmf_mask_size: str | int = QGMF_INPUT_SIZE
     qgmf_mlp_layers: int = 3
     qgmf_upsampler_channels: tuple[int, ...] = (128, 64, 32)
+    qgmf_style: str = "paper"
 
     @classmethod
     def upstream(cls, **overrides: Any) -> HemaFormerConfig:
         """The choices of the authors' released code (where it differs from the paper)."""
         values: dict[str, Any] = dict(
             text_padding_masks=False, cmf_order="image_first", cmf_num_layers=2, cmf_ffn=True,
-            cmf_residual=True, tgvr_mode="gate", qgmf_mask_size=512,
+            cmf_residual=True, tgvr_mode="gate", qgmf_mask_size=512, qgmf_style="upstream",
+            qgmf_upsampler_channels=(128, 64),
         )  # fmt: skip
         values.update(overrides)
         return cls(**values)
@@ -328,6 +346,12 @@ class HemaFormerConfig:
             f"{prefix}qgmf_query",
             f"must be one of {QGMF_QUERIES}",
             self.qgmf_query,
+        )
+        _require(
+            self.qgmf_style in QGMF_STYLES,
+            f"{prefix}qgmf_style",
+            f"must be one of {QGMF_STYLES}",
+            self.qgmf_style,
         )
         _positive_int(
             prefix,

@@ -30,11 +30,17 @@ authors' key                                        this module
 ``transformer.gate_mlp.{0,2}.*``                    ``TextGuidedVisualRefinement.gate_mlp.{0,2}.*`` (gate)
 ``transformer.encoder.cls_token`` (1, 1, 256)       ``SingleCellFeatureExtractor.query`` (reshape to (256,))
 ``transformer.encoder.fuse_proj.*``                 ``SingleCellFeatureExtractor.proj.*``
-``mask_embed.layers.{0,1,2}.*``                     ``QueryGuidedMaskFormer.query_mlp.layers.{0,1,2}.*``
+``mask_embed.layers.{0,1,2}.*``                     ``UpstreamQueryGuidedMaskFormer.query_mlp.layers.*``
+``decoder_norm.*``                                  ``UpstreamQueryGuidedMaskFormer.query_norm.*``
+``transformer.encoder.mask_feature_proj.0.*``       ``UpstreamQueryGuidedMaskFormer.encoder_proj.0.*``
+``transformer.encoder.mask_features.*``             ``UpstreamQueryGuidedMaskFormer.backbone_proj.*``
+``upsampler.{fusion_conv,upsample}.*``              ``UpstreamQueryGuidedMaskFormer.upsampler.<same>.*``
 ==================================================  =====================================================
 
-The authors' mask pixel branches (each branch projected, then summed) and their fixed-512 upsampler
-differ in structure from eqs. 4-5 as implemented here and have no one-to-one mapping.
+The authors' mask branch (each pixel branch projected, then summed; a BatchNorm upsampler that reads both
+branches) differs in structure from eqs. 4-5 as implemented by :class:`QueryGuidedMaskFormer`; it is
+reproduced by :class:`UpstreamQueryGuidedMaskFormer` (``hemaformer.qgmf_style = "upstream"``) so that
+their weights can be loaded (:mod:`unihema.model.convert_upstream`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unihema.model.backbone import groupnorm_groups
@@ -343,3 +350,114 @@ class QueryGuidedMaskFormer(nn.Module):
         query = self.query_proj(self.query_mlp(self.select(hidden_states, logits)))
         low = torch.einsum("bc,bchw->bhw", query.to(pixels.dtype), pixels).unsqueeze(1)
         return self.upsampler(pixels, low, output_size), low
+
+
+class UpstreamMaskUpsampler(nn.Module):
+    """The authors' learnable upsampler (key layout ``fusion_conv.*`` / ``upsample.*`` as theirs).
+
+    ``fusion_conv``: the two pixel branches (2M channels) -> two conv 3x3 + BatchNorm + ReLU blocks (M).
+    ``upsample``: the query-mask logits are appended as one more channel, then each entry of ``channels``
+    is one stage (x2 bilinear, conv 3x3 + BatchNorm + ReLU) and a final conv 3x3 gives one channel, which
+    is resized to the output size. No residual to the query mask.
+
+    Args:
+        d_model: width M of each pixel branch.
+        channels: output channels of each x2 stage (the authors': 128, 64).
+    """
+
+    def __init__(self, d_model: int, channels: tuple[int, ...] = (128, 64)) -> None:
+        super().__init__()
+        if not channels:
+            raise ValueError("UpstreamMaskUpsampler needs at least one x2 stage")
+        self.fusion_conv = nn.Sequential(
+            nn.Conv2d(2 * d_model, d_model, kernel_size=3, padding=1),
+            nn.BatchNorm2d(d_model),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(d_model, d_model, kernel_size=3, padding=1),
+            nn.BatchNorm2d(d_model),
+            nn.ReLU(inplace=True),
+        )
+        stages: list[nn.Module] = []
+        width = d_model + 1
+        for out in channels:
+            stages += [
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(width, out, kernel_size=3, padding=1),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
+            width = out
+        stages.append(nn.Conv2d(width, 1, kernel_size=3, padding=1))
+        self.upsample = nn.Sequential(*stages)
+
+    def forward(
+        self, encoder_pixels: Tensor, backbone_pixels: Tensor, query_mask: Tensor, size: tuple[int, int]
+    ) -> Tensor:
+        """Pixel branches (B, M, h, w) each, ``query_mask`` (B, 1, h, w) logits -> (B, 1, *size) logits."""
+        fused = self.fusion_conv(torch.cat((encoder_pixels, backbone_pixels), dim=1))
+        x = self.upsample(torch.cat((fused, query_mask.to(fused.dtype)), dim=1))
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class UpstreamQueryGuidedMaskFormer(nn.Module):
+    """QGMF as in the authors' code (``hemaformer.qgmf_style = "upstream"``), for their weights.
+
+    - Encoder pixel branch: ``ReLU(Linear(E_E^I))`` on the level-0 encoder tokens (stride 8).
+    - Backbone pixel branch: a 1x1 conv on the input-projected C3 map (the first level of E_B^I), not on
+      the raw backbone C3 as :class:`QueryGuidedMaskFormer`.
+    - Pixel embedding: the sum of both branches; query embedding: ``MLP(LayerNorm(E_D^I[q]))``; the mask
+      logits are their per-pixel dot product (stride 8).
+    - :class:`UpstreamMaskUpsampler` reads both branches (concatenated) and the query mask.
+
+    Args:
+        d_model: width M.
+        mlp_layers: layers of the query-embedding MLP.
+        upsampler_channels: stage widths of the upsampler.
+        query: ``"first"`` or ``"top_scoring"`` (see :class:`QueryGuidedMaskFormer`).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        mlp_layers: int = 3,
+        upsampler_channels: tuple[int, ...] = (128, 64),
+        query: str = "first",
+    ) -> None:
+        super().__init__()
+        if query not in ("first", "top_scoring"):
+            raise ValueError(f"QGMF query must be 'first' or 'top_scoring', got {query!r}")
+        self.query = query
+        self.encoder_proj = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(inplace=True))
+        self.backbone_proj = nn.Conv2d(d_model, d_model, kernel_size=1)
+        self.query_norm = nn.LayerNorm(d_model)
+        self.query_mlp = MLP(d_model, d_model, d_model, mlp_layers)
+        self.upsampler = UpstreamMaskUpsampler(d_model, tuple(upsampler_channels))
+
+    select = QueryGuidedMaskFormer.select
+
+    def forward(
+        self,
+        projected_c3: Tensor,
+        encoder_level0: Tensor,
+        hidden_states: Tensor,
+        logits: Tensor | None,
+        output_size: tuple[int, int],
+    ) -> tuple[Tensor, Tensor]:
+        """Masks.
+
+        Args:
+            projected_c3: level 0 of the input projection (B, M, h, w).
+            encoder_level0: encoder tokens of level 0 as a map (B, M, h, w).
+            hidden_states: final decoder states E_D^I (B, Q, M).
+            logits: final decoder class logits (B, Q, C), used by ``"top_scoring"``.
+            output_size: (H, W) of the returned mask.
+
+        Returns:
+            ``(masks (B, 1, H, W), low-resolution masks (B, 1, h, w))``, logits.
+        """
+        encoder_pixels = self.encoder_proj(encoder_level0.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        backbone_pixels = self.backbone_proj(projected_c3.to(encoder_pixels.dtype))
+        pixels = encoder_pixels + backbone_pixels
+        query = self.query_mlp(self.query_norm(self.select(hidden_states, logits)))
+        low = torch.einsum("bc,bchw->bhw", query.to(pixels.dtype), pixels).unsqueeze(1)
+        return self.upsampler(encoder_pixels, backbone_pixels, low, output_size), low

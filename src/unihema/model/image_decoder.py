@@ -31,9 +31,9 @@ maps to the single module here):
 - ``transformer.enc_output.*`` / ``transformer.enc_output_norm.*`` -> ``<d>.enc_output.*`` / ``<d>.enc_output_norm.*``
 - ``transformer.enc_out_class_embed.*`` -> ``<d>.enc_out_class_embed.*``
 - ``transformer.enc_out_bbox_embed.layers.{0,1,2}.*`` -> ``<d>.enc_out_bbox_embed.layers.{0,1,2}.*``
-- ``label_enc.weight`` (num_classes + 1, 256) -> ``<d>.label_enc.weight``
 
-Not carried over (unused upstream): ``transformer.{class_embed,label_enc,mask_embed,decoder_norm}``.
+Not carried over (unused upstream): ``transformer.{class_embed,label_enc,mask_embed,decoder_norm}`` and
+the denoising ``label_enc.weight`` (their denoising never ran, so it was never trained).
 """
 
 from __future__ import annotations

@@ -227,6 +227,7 @@ class TextModel(nn.Module):
         t5: the ``T5ForConditionalGeneration``.
         tokenizer: a tokenizer whose ids fit ``t5.config.vocab_size``.
         max_length: prompts and targets are truncated to this many tokens (``</s>`` included).
+        pad_to_max_length: pad every text to ``max_length`` tokens instead of the batch's longest.
 
     The token embedding table is shared by the T5 encoder and decoder; :meth:`encoder_modules` owns it
     (freezing E_T freezes the decoder's input embedding too), :meth:`decoder_modules` holds the decoder
@@ -234,7 +235,11 @@ class TextModel(nn.Module):
     """
 
     def __init__(
-        self, t5: T5ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, max_length: int
+        self,
+        t5: T5ForConditionalGeneration,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        pad_to_max_length: bool = False,
     ) -> None:
         super().__init__()
         if len(tokenizer) > t5.config.vocab_size:
@@ -244,6 +249,7 @@ class TextModel(nn.Module):
         self.t5 = t5
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.pad_to_max_length = pad_to_max_length
 
     @classmethod
     def from_config(
@@ -258,14 +264,19 @@ class TextModel(nn.Module):
             if tokenizer is None:
                 tokenizer = build_domain_tokenizer(config.tokenizer_vocab_size, config.num_sentinels)
             return cls(
-                T5ForConditionalGeneration(t5_config_from(config)), tokenizer, config.max_length
+                T5ForConditionalGeneration(t5_config_from(config)),
+                tokenizer,
+                config.max_length,
+                config.pad_to_max_length,
             ), config
         path = Path(config.pretrained_path)
         if not path.is_dir():
             raise FileNotFoundError(f"text.pretrained_path is not a directory: {path}")
         t5 = T5ForConditionalGeneration.from_pretrained(str(path), local_files_only=True)
         tokenizer = load_tokenizer(path) if tokenizer is None else tokenizer
-        return cls(t5, tokenizer, config.max_length), text_config_from_t5(t5.config, config)
+        return cls(t5, tokenizer, config.max_length, config.pad_to_max_length), text_config_from_t5(
+            t5.config, config
+        )
 
     @property
     def d_model(self) -> int:
@@ -287,11 +298,16 @@ class TextModel(nn.Module):
     def tokenize(
         self, texts: Sequence[str], device: torch.device | str | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Token ids ``(B, L)`` and attention mask ``(B, L)`` (1 = token) padded to the longest text."""
+        """Token ids ``(B, L)`` and attention mask ``(B, L)`` (1 = token) padded to the longest text
+        (or to ``max_length`` with ``pad_to_max_length``)."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a sequence of strings")
         encoded = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(texts),
+            padding="max_length" if self.pad_to_max_length else "longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
         return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
 

@@ -20,6 +20,7 @@ from unihema.model.hemaformer import (
     QueryGuidedMaskFormer,
     SingleCellFeatureExtractor,
     TextGuidedVisualRefinement,
+    UpstreamQueryGuidedMaskFormer,
 )
 from unihema.model.image_decoder import ImageDecoder
 from unihema.model.image_encoder import ImageEncoder
@@ -43,7 +44,7 @@ class UniHema(nn.Module):
         cmf: CrossModalFusion,
         tgvr: TextGuidedVisualRefinement,
         scfe: SingleCellFeatureExtractor,
-        qgmf: QueryGuidedMaskFormer,
+        qgmf: QueryGuidedMaskFormer | UpstreamQueryGuidedMaskFormer,
         box_attribute_head: AttributeHead,
         cell_class_head: CellClassHead,
         cell_attribute_head: AttributeHead,
@@ -104,7 +105,9 @@ class UniHema(nn.Module):
             scfe=SingleCellFeatureExtractor(d, h.scfe_inputs),
             qgmf=QueryGuidedMaskFormer(
                 d, backbone.out_channels[0], h.qgmf_mlp_layers, h.qgmf_upsampler_channels, h.qgmf_query
-            ),
+            )
+            if h.qgmf_style == "paper"
+            else UpstreamQueryGuidedMaskFormer(d, h.qgmf_mlp_layers, h.qgmf_upsampler_channels, h.qgmf_query),
             box_attribute_head=AttributeHead(d, FOV_ATTRIBUTES, heads.box_attribute_hidden_dim),
             cell_class_head=CellClassHead(
                 d, heads.num_cell_classes, heads.cell_head_hidden_dims, heads.cell_head_dropout
@@ -233,8 +236,10 @@ class UniHema(nn.Module):
         if task == Task.SEGMENTATION:
             size = self.config.hemaformer.qgmf_mask_size
             size = tuple(images.shape[-2:]) if size == "input" else (size, size)
+            # The paper-style QGMF reads the raw backbone C3, the authors' style its input projection.
+            c3 = features[0] if self.config.hemaformer.qgmf_style == "paper" else projected[0]
             masks_full, masks_low = self.qgmf(
-                features[0], encoded.level_map(0), decoded.hidden_states[-1], decoded.pred_logits[-1], size
+                c3, encoded.level_map(0), decoded.hidden_states[-1], decoded.pred_logits[-1], size
             )
             return {"pred_masks": masks_full, "pred_masks_lowres": masks_low}
         attributes = self.box_attribute_head if task == Task.FOV_MORPHOLOGY else None

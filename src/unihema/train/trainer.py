@@ -3,7 +3,7 @@
 Public entry point::
 
     from unihema.train.trainer import run_training
-    model = run_training(TrainConfig.load("configs/demo-tiny.yaml"), Path("runs/demo"))
+    model = run_training(TrainConfig.load("src/unihema/configs/demo.yaml"), Path("runs/demo"))
 
 Each selected stage starts from the weights the previous one ended with. Per stage the trainer
 

@@ -281,6 +281,8 @@ def _read_image_points(
                     "line": line_no,
                     "image_points": image_points,
                     "image_size": size,
+                    # Crops of one smear share a split, so no smear is in training and evaluation at once.
+                    "split_group": image_rel,
                 },
             )
         )

@@ -46,7 +46,7 @@ def test_vqa_is_deterministic_and_seed_dependent() -> None:
 
 
 def test_vqa_answers_equal_attribute_values() -> None:
-    pairs = vqa_pairs("Neutrophil", NEUTROPHIL, seed=0)
+    pairs = vqa_pairs("Neutrophil", NEUTROPHIL, seed=0, answer_style="word")
     assert len(pairs) == FULL_VQA
     assert all(q.startswith("Q: ") and q.endswith("?") for q, _ in pairs)
     assert pairs[0][1] == "neutrophil"
@@ -61,7 +61,7 @@ def test_vqa_answers_equal_attribute_values() -> None:
 def test_yes_no_answers_are_consistent() -> None:
     values = dict(CELL_ATTRIBUTES)
     for seed in range(20):
-        for question, answer in vqa_pairs("Neutrophil", NEUTROPHIL, seed=seed)[12:]:
+        for question, answer in vqa_pairs("Neutrophil", NEUTROPHIL, seed=seed, answer_style="word")[12:]:
             match = re.fullmatch(r"Q: Is this an? (.+)\?", question)
             if match:
                 assert answer == ("yes" if match.group(1) == "neutrophil" else "no")
@@ -82,7 +82,7 @@ def test_no_questions_about_unknown_or_nil() -> None:
     attrs = dict(NEUTROPHIL, cell_size="unknown", cell_shape="", granule_type="nil", granule_colour="nil")
     attrs["granularity"] = "no"
     attrs["cytoplasm_texture"] = None  # type: ignore[assignment]
-    pairs = vqa_pairs("Lymphocyte", attrs, seed=1)
+    pairs = vqa_pairs("Lymphocyte", attrs, seed=1, answer_style="word")
     text = " ".join(q for q, _ in pairs)
     assert "size" not in text and "large" not in text
     assert "shape of the cell" not in text and "cell outline" not in text and "in shape" not in text
@@ -97,7 +97,7 @@ def test_no_questions_about_unknown_or_nil() -> None:
         "no",
     ) in pairs
     assert vqa_pairs("", {}) == []
-    assert [a for _, a in vqa_pairs("", {"cell_size": "small"})][0] == "small"
+    assert [a for _, a in vqa_pairs("", {"cell_size": "small"}, answer_style="word")][0] == "small"
 
 
 def test_invalid_attribute_is_named() -> None:
@@ -179,7 +179,7 @@ def test_text_samples_share_the_image() -> None:
     assert all(s.image is sample.image and s.split == "train" and s.dataset == "wbcatt" for s in out)
     assert all(s.extra["source_sample_id"] == "BNE_1.jpg" for s in out)
     assert len({s.sample_id for s in out}) == len(out)
-    assert vqa[0].prompt.startswith("Q: ") and vqa[0].text_target == "neutrophil"
+    assert vqa[0].prompt.startswith("Q: ") and vqa[0].text_target == "This is a neutrophil."
     assert all("size" not in s.prompt for s in vqa)
     assert [(s.prompt, s.text_target) for s in out] == [
         (s.prompt, s.text_target) for s in text_samples(sample)
@@ -192,3 +192,20 @@ def test_text_samples_share_the_image() -> None:
     )
     with pytest.raises(ValueError, match="pbc/x has no cell_attributes"):
         text_samples(no_attrs)
+
+
+def test_sentence_answers_state_the_attribute_value():
+    pairs = dict(vqa_pairs("Neutrophil", NEUTROPHIL, seed=0))
+    words = dict(vqa_pairs("Neutrophil", NEUTROPHIL, seed=0, answer_style="word"))
+    assert pairs.keys() == words.keys()
+    for question, answer in pairs.items():
+        assert answer.endswith(".") and answer[0].isupper()
+        word = words[question]
+        if word in ("yes", "no"):
+            assert answer.lower().startswith(word + ",")
+        else:
+            assert word in answer.lower()
+    nucleus = [a for q, a in pairs.items() if "shape of the nucleus" in q or "nucleus shape" in q]
+    assert nucleus == [f"The nucleus is {NEUTROPHIL['nucleus_shape']}."]
+    with pytest.raises(ValueError, match="answer_style"):
+        vqa_pairs("Neutrophil", NEUTROPHIL, answer_style="poem")

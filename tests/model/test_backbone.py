@@ -64,7 +64,7 @@ def test_trainable_layers_count_from_top(layers, trainable):
 
 
 def test_plain_batchnorm_keeps_frozen_stages_in_eval():
-    backbone = ResNetBackbone(depth=18, frozen_batchnorm=False).train()
+    backbone = ResNetBackbone(depth=18, norm="bn").train()
     assert not backbone.body.bn1.training
     assert not backbone.body.layer1[0].bn1.training
     assert backbone.body.layer4[0].bn1.training

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 import pytest
 
 from unihema.data.vocab import CELL_CLASSES, DETECTION_CLASSES
@@ -136,3 +138,25 @@ def test_override_with_dataclass_and_direct_construction() -> None:
     with pytest.raises(ConfigError, match="vision must be a VisionConfig"):
         UniHemaConfig(vision={"d_model": 64})  # type: ignore[arg-type]
     assert UniHemaConfig(vision=VisionConfig(d_model=64, num_heads=4)).vision.d_model == 64
+
+
+def test_backbone_norm_and_trainable_stages_follow_pretraining(tmp_path):
+    from torchvision.models import resnet18
+
+    from unihema.model.backbone import ResNetBackbone
+
+    random_init = VisionConfig(backbone_depth=18)
+    assert random_init.resolved_backbone_norm() == "gn"
+    assert random_init.resolved_trainable_backbone_layers() == 5
+    weights = tmp_path / "r18.pth"
+    torch.save(resnet18().state_dict(), weights)
+    pretrained = VisionConfig(backbone_depth=18, backbone_weights=str(weights))
+    assert pretrained.resolved_backbone_norm() == "frozen_bn"
+    assert pretrained.resolved_trainable_backbone_layers() == 3
+    explicit = VisionConfig(backbone_depth=18, backbone_norm="bn", trainable_backbone_layers=1)
+    assert explicit.resolved_backbone_norm() == "bn" and explicit.resolved_trainable_backbone_layers() == 1
+    backbone = ResNetBackbone(18, None, random_init.resolved_trainable_backbone_layers(), random_init.resolved_backbone_norm())
+    assert isinstance(backbone.body.bn1, torch.nn.GroupNorm)
+    assert all(p.requires_grad for p in backbone.parameters())
+    with pytest.raises(ValueError, match="backbone_norm"):
+        VisionConfig(backbone_norm="layer").validate()

@@ -53,7 +53,7 @@ def test_frozen_groups_do_not_change_during_a_stage(tmp_path: Path) -> None:
     )
     # Plain batch norm in the backbone: its running statistics would move in train mode if frozen groups
     # were not switched to eval mode.
-    data["model"]["overrides"]["vision"]["frozen_batchnorm"] = False
+    data["model"]["overrides"]["vision"]["backbone_norm"] = "bn"
     config = TrainConfig.from_dict(data)
     torch.manual_seed(config.seed)
     initial = _snapshot(build_model(config))  # the run re-seeds identically before building its model
@@ -82,13 +82,14 @@ def test_frozen_groups_do_not_change_during_a_stage(tmp_path: Path) -> None:
 def test_backbone_layers_frozen_by_the_model_stay_frozen(tmp_path: Path) -> None:
     from unihema.train.trainer import build_model
 
-    config = TrainConfig.from_dict(
-        mini_config([{"name": "backbone", **CLS_STAGE, "train": ["B"], "max_steps": 2, "lr": 1e-2}])
-    )
+    data = mini_config([{"name": "backbone", **CLS_STAGE, "train": ["B"], "max_steps": 2, "lr": 1e-2}])
+    # As on pretrained weights: the stem and layer1 stay frozen whatever the stage trains.
+    data["model"]["overrides"]["vision"]["trainable_backbone_layers"] = 3
+    config = TrainConfig.from_dict(data)
     torch.manual_seed(config.seed)
     reference = build_model(config)
     kept_frozen = {n for n, p in reference.named_parameters() if not p.requires_grad}
-    assert kept_frozen, "the tiny preset is expected to keep the ResNet stem frozen"
+    assert kept_frozen, "trainable_backbone_layers=3 is expected to keep the ResNet stem frozen"
     before = {n: p.detach().clone() for n, p in reference.named_parameters()}
     model = run_training(config, tmp_path / "run", progress=False)
     after = dict(model.named_parameters())

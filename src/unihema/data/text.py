@@ -58,6 +58,25 @@ MLM_MASK_COUNTS: tuple[int, ...] = (1, 2, 3)
 """Number of attribute words hidden in each random masked-sentence variant (one variant per entry)."""
 
 YES, NO = "yes", "no"
+ANSWER_STYLES: tuple[str, ...] = ("sentence", "word")
+"""``sentence``: answers are short sentences ("The nucleus is segmented-bilobed."), like the paper's
+WBCAtt-VQA answers, so BLEU-4 measures them; ``word``: the bare value ("segmented-bilobed", "yes")."""
+
+# Declarative answer for each attribute value: ``{value}`` is filled in; yes/no attributes have one
+# sentence per value.
+_STATEMENTS: dict[str, str | dict[str, str]] = {
+    "cell_size": "the cell is {value}",
+    "cell_shape": "the cell is {value} in shape",
+    "nucleus_shape": "the nucleus is {value}",
+    "nuclear_cytoplasmic_ratio": "the nuclear-to-cytoplasmic ratio is {value}",
+    "chromatin_density": "the chromatin is {value} packed",
+    "cytoplasm_vacuole": {"yes": "vacuoles are present in the cytoplasm", "no": "the cytoplasm has no vacuoles"},
+    "cytoplasm_texture": "the cytoplasm is {value}",
+    "cytoplasm_colour": "the cytoplasm is {value}",
+    "granule_type": "the granules are {value}",
+    "granule_colour": "the granules are {value}",
+    "granularity": {"yes": "the cytoplasm is granular", "no": "the cytoplasm is not granular"},
+}
 
 
 def sentinel(index: int) -> str:
@@ -127,6 +146,16 @@ _CLASS_QUESTIONS: tuple[str, ...] = ("What type of cell is this?", "Which cell t
 
 _ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = dict(CELL_ATTRIBUTES)
 assert set(_ATTRIBUTE_TEXT) == set(CELL_ATTRIBUTE_NAMES), "a WBCAtt attribute has no question template"
+assert set(_STATEMENTS) == set(CELL_ATTRIBUTE_NAMES), "a WBCAtt attribute has no answer sentence"
+
+
+def _statement(name: str, value: str) -> str:
+    template = _STATEMENTS[name]
+    return template[value] if isinstance(template, dict) else template.format(value=value)
+
+
+def _sentence(text: str) -> str:
+    return text[0].upper() + text[1:] + "."
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -201,7 +230,7 @@ def _article(word: str) -> str:
 
 
 def vqa_pairs(
-    cell_class: str, attributes: Mapping[str, str], *, seed: int | str = 0
+    cell_class: str, attributes: Mapping[str, str], *, seed: int | str = 0, answer_style: str = "sentence"
 ) -> list[tuple[str, str]]:
     """Question/answer pairs about one cell.
 
@@ -215,32 +244,44 @@ def vqa_pairs(
         cell_class: class name or alias (``"Neutrophil"``, ``"band neutrophil"``); ``""`` if unknown.
         attributes: ``{attribute name: value}`` with WBCAtt names and values (see ``CELL_ATTRIBUTES``).
         seed: selects wording variants and distractors; same inputs and seed give the same pairs.
+        answer_style: ``"sentence"`` (default; "The nucleus is segmented-bilobed.", "No, this is a
+            monocyte.") or ``"word"`` (the bare value, ``"yes"`` / ``"no"``), see :data:`ANSWER_STYLES`.
 
     Returns:
-        ``[(prompt, answer), ...]``; every prompt starts with ``"Q: "``, answers are lower case.
+        ``[(prompt, answer), ...]``; every prompt starts with ``"Q: "``; word answers are lower case.
     """
+    if answer_style not in ANSWER_STYLES:
+        raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {answer_style!r}")
+    words = answer_style == "word"
     cls = _canonical_class(cell_class)
     known = _known_attributes(attributes)
     rng = _rng(seed, cls, known, "vqa")
     pairs: list[tuple[str, str]] = []
     if cls:
-        pairs.append((VQA_PREFIX + rng.choice(_CLASS_QUESTIONS), cls))
+        pairs.append((VQA_PREFIX + rng.choice(_CLASS_QUESTIONS), cls if words else _sentence(f"this is {_article(cls)} {cls}")))
     for name, value in known.items():
         if value == NIL:  # no granules: nothing to say about their type or colour
             continue
-        pairs.append((VQA_PREFIX + rng.choice(_ATTRIBUTE_TEXT[name].questions), value))
+        answer = value if words else _sentence(_statement(name, value))
+        if not words and name in ("cytoplasm_vacuole", "granularity"):
+            answer = ("Yes, " if value == YES else "No, ") + _statement(name, value) + "."
+        pairs.append((VQA_PREFIX + rng.choice(_ATTRIBUTE_TEXT[name].questions), answer))
     # Yes/no verification: about half ask about the true value, the rest about a distractor.
     if cls:
         others = [c for c in WBC_CLASSES if c != cls]
         asked = cls if rng.random() < 0.5 else rng.choice(others)
-        pairs.append((f"{VQA_PREFIX}Is this {_article(asked)} {asked}?", YES if asked == cls else NO))
+        verdict = YES if asked == cls else NO
+        answer = verdict if words else f"{verdict.capitalize()}, this is {_article(cls)} {cls}."
+        pairs.append((f"{VQA_PREFIX}Is this {_article(asked)} {asked}?", answer))
     for name, value in known.items():
         check = _ATTRIBUTE_TEXT[name].check
         if check is None or value == NIL:
             continue
         others = [v for v in _ATTRIBUTE_VALUES[name] if v not in (value, NIL)]
         asked = value if (not others or rng.random() < 0.5) else rng.choice(others)
-        pairs.append((VQA_PREFIX + check.format(value=asked), YES if asked == value else NO))
+        verdict = YES if asked == value else NO
+        answer = verdict if words else f"{verdict.capitalize()}, {_statement(name, value)}."
+        pairs.append((VQA_PREFIX + check.format(value=asked), answer))
     return pairs
 
 
@@ -402,7 +443,12 @@ def masked_sentences(
 
 
 def text_samples(
-    sample: Sample, *, seed: int | str = 0, max_vqa: int | None = None, max_mlm: int | None = None
+    sample: Sample,
+    *,
+    seed: int | str = 0,
+    max_vqa: int | None = None,
+    max_mlm: int | None = None,
+    answer_style: str = "sentence",
 ) -> list[Sample]:
     """VQA and MLM samples sharing ``sample``'s image, from its ``cell_attributes`` and ``cell_class``.
 
@@ -412,6 +458,7 @@ def text_samples(
             reproducible.
         max_vqa: keep at most this many VQA pairs (a seeded choice, original order kept); ``None`` = all.
         max_mlm: the same for masked sentences.
+        answer_style: VQA answer style (see :func:`vqa_pairs`).
 
     Returns:
         the VQA samples followed by the MLM samples; ids are ``<sample_id>#vqa<i>`` / ``<sample_id>#mlm<i>``
@@ -440,7 +487,7 @@ def text_samples(
 
     out: list[Sample] = []
     for task, tag, pairs in (
-        (Task.VQA, "vqa", keep(vqa_pairs(cls, attributes, seed=sample_seed), max_vqa)),
+        (Task.VQA, "vqa", keep(vqa_pairs(cls, attributes, seed=sample_seed, answer_style=answer_style), max_vqa)),
         (Task.MLM, "mlm", keep(masked_sentences(cls, attributes, seed=sample_seed), max_mlm)),
     ):
         for i, (prompt, answer) in enumerate(pairs):

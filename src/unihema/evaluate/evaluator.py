@@ -4,8 +4,9 @@
 here from the model's raw outputs (see :mod:`unihema.model.unihema` for the output keys):
 
 - detection: sigmoid class scores over queries x classes, the best ``max_detections`` pairs kept;
-- FoV morphology: detections above ``attribute_score_threshold`` matched to cells by IoU, argmax per
-  attribute group;
+- FoV morphology: each cell takes the attributes of the best-scoring detection that overlaps it with
+  IoU >= 0.5 (among detections scoring at least ``attribute_score_threshold``), argmax per attribute
+  group; cells no detection reaches count as wrong;
 - segmentation: sigmoid > 0.5 on the unpadded area;
 - classification: argmax; cell morphology: argmax per attribute group;
 - VQA / MLM: text generated from the fused image-and-text states.
@@ -43,10 +44,11 @@ class EvalConfig:
     Attributes:
         batch_size: samples per forward pass.
         max_detections: detections kept per image (COCO's default maximum is 100).
-        attribute_score_threshold: minimum detection score for a box to carry FoV attributes.
+        attribute_score_threshold: minimum detection score for a box to carry FoV attributes (0 = any
+            of the ``max_detections`` kept boxes; the best-scoring overlap wins).
         mask_threshold: probability above which a pixel is foreground.
         num_beams: beam width for text generation (1 = greedy).
-        max_new_tokens: longest generated answer.
+        max_new_tokens: longest generated answer (64, the text length of the authors' model).
         transforms: input sizes and normalisation (a :class:`unihema.data.transforms.TransformConfig`);
             ``None`` uses its defaults. Use the training run's so evaluation sees the same scale.
         pad_to_multiple: batches are padded to a multiple of this many pixels (as in training).
@@ -54,10 +56,10 @@ class EvalConfig:
 
     batch_size: int = 8
     max_detections: int = 100
-    attribute_score_threshold: float = 0.3
+    attribute_score_threshold: float = 0.0
     mask_threshold: float = 0.5
     num_beams: int = 1
-    max_new_tokens: int = 32
+    max_new_tokens: int = 64
     transforms: Any = None
     pad_to_multiple: int = 32
 

@@ -15,7 +15,7 @@ holds a :class:`ResNetBackbone` / :class:`InputProjection`:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -92,6 +92,18 @@ class _ResNetBody(nn.Module):
         return [c3, c4, c5]
 
 
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groupnorm_groups(channels), channels)
+
+
+_NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
+    "frozen_bn": FrozenBatchNorm2d,
+    "bn": nn.BatchNorm2d,
+    "gn": _group_norm,
+}
+BACKBONE_NORMS: tuple[str, ...] = tuple(_NORM_LAYERS)
+
+
 class ResNetBackbone(nn.Module):
     """ResNet feature extractor returning C3, C4, C5 (strides 8, 16, 32).
 
@@ -103,8 +115,11 @@ class ResNetBackbone(nn.Module):
             ``ResNet{depth}_Weights.IMAGENET1K_V1`` (may download, only when asked for explicitly).
         trainable_layers: how many stages are trained, counted from the top: 0 freezes everything,
             3 (default, as DINO) trains layer2-4 and freezes the stem and layer1, 5 trains all.
-        frozen_batchnorm: use ``torchvision.ops.FrozenBatchNorm2d`` (statistics and affine are
-            buffers). With ordinary BatchNorm, the norms of frozen stages are kept in eval mode.
+        norm: normalisation layers of the ResNet (:data:`BACKBONE_NORMS`): ``"frozen_bn"``
+            (``torchvision.ops.FrozenBatchNorm2d``: statistics and affine are buffers; for pretrained
+            weights), ``"bn"`` (ordinary BatchNorm; the norms of frozen stages are kept in eval mode) or
+            ``"gn"`` (GroupNorm, independent of the batch: the choice for training from scratch with
+            small or distributed batches).
 
     Attributes:
         out_channels: channels of C3, C4, C5.
@@ -116,7 +131,7 @@ class ResNetBackbone(nn.Module):
         depth: int = 50,
         weights: str | Path | None = None,
         trainable_layers: int = 3,
-        frozen_batchnorm: bool = True,
+        norm: str = "frozen_bn",
     ) -> None:
         super().__init__()
         if depth not in _RESNETS:
@@ -126,7 +141,9 @@ class ResNetBackbone(nn.Module):
                 f"ResNetBackbone trainable_layers must be in [0, {len(_STAGES_TOP_DOWN)}], got {trainable_layers}"
             )
         builder, imagenet_weights, channels = _RESNETS[depth]
-        norm_layer = FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d
+        if norm not in BACKBONE_NORMS:
+            raise ValueError(f"ResNetBackbone norm must be one of {BACKBONE_NORMS}, got {norm!r}")
+        norm_layer = _NORM_LAYERS[norm]
         if isinstance(weights, str) and weights == IMAGENET_WEIGHTS:
             resnet = builder(weights=imagenet_weights, norm_layer=norm_layer)
         else:

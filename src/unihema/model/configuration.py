@@ -29,6 +29,10 @@ from typing import Any, ClassVar
 from unihema.data.vocab import CELL_CLASSES, DETECTION_CLASSES
 
 BACKBONE_DEPTHS = (18, 34, 50)
+BACKBONE_NORMS = ("frozen_bn", "bn", "gn")
+PRETRAINED_TRAINABLE_LAYERS = 3
+"""ResNet stages trained on top of pretrained weights (layer2-4), as DINO and the paper."""
+ALL_BACKBONE_LAYERS = 5
 FEED_FORWARD_PROJ = ("relu", "gated-gelu", "gelu", "gated-relu", "gated-silu", "silu")
 CMF_ORDERS = ("text_first", "image_first")
 TGVR_MODES = ("concat", "gate")
@@ -81,8 +85,16 @@ class VisionConfig:
             (``.safetensors`` or a tensor-only ``.pth``), or ``"imagenet"`` for torchvision's ImageNet
             weights (only then may torchvision download them).
         trainable_backbone_layers: number of trainable ResNet stages counted from the top (0-5); the
-            paper's value 3 trains layer2-layer4 and freezes the stem and layer1.
-        frozen_batchnorm: replace BatchNorm by frozen (buffer-only) batch norm, as in DETR-family models.
+            paper's value 3 trains layer2-layer4 and freezes the stem and layer1. ``None`` (default)
+            chooses as torchvision's detection models do: 3 with pretrained ``backbone_weights``, 5 (all)
+            with random initialisation, since random stages would otherwise stay random.
+        backbone_norm: normalisation layers of the ResNet: ``"frozen_bn"`` (frozen, buffer-only batch
+            norm, as in DETR-family models on pretrained weights), ``"bn"`` (trainable BatchNorm) or
+            ``"gn"`` (GroupNorm). ``None`` (default): ``"frozen_bn"`` with pretrained ``backbone_weights``,
+            ``"gn"`` with random initialisation (a frozen norm of a random network is an identity and the
+            un-normalised activations of a deep random ResNet map every image to the same features;
+            GroupNorm, unlike BatchNorm, does not depend on the tiny per-task batches or on how a batch is
+            split across processes).
         d_model: width M of the projected image tokens, encoder, decoder and Hema-Former.
         num_levels: number of feature levels (3 backbone levels plus ``num_levels - 3`` extra stride-2
             levels on C5); the paper uses 4.
@@ -98,8 +110,8 @@ class VisionConfig:
 
     backbone_depth: int = 50
     backbone_weights: str | None = None
-    trainable_backbone_layers: int = 3
-    frozen_batchnorm: bool = True
+    trainable_backbone_layers: int | None = None
+    backbone_norm: str | None = None
     d_model: int = 256
     num_levels: int = 4
     encoder_layers: int = 6
@@ -111,6 +123,22 @@ class VisionConfig:
     num_queries: int = 900
     position_temperature: float = 20.0
 
+    @property
+    def pretrained_backbone(self) -> bool:
+        return self.backbone_weights is not None
+
+    def resolved_trainable_backbone_layers(self) -> int:
+        """``trainable_backbone_layers``, with ``None`` resolved (3 when pretrained, else 5)."""
+        if self.trainable_backbone_layers is not None:
+            return self.trainable_backbone_layers
+        return PRETRAINED_TRAINABLE_LAYERS if self.pretrained_backbone else ALL_BACKBONE_LAYERS
+
+    def resolved_backbone_norm(self) -> str:
+        """``backbone_norm``, with ``None`` resolved (``frozen_bn`` when pretrained, else ``gn``)."""
+        if self.backbone_norm is not None:
+            return self.backbone_norm
+        return "frozen_bn" if self.pretrained_backbone else "gn"
+
     def validate(self, prefix: str = "vision.") -> None:
         _require(
             self.backbone_depth in BACKBONE_DEPTHS,
@@ -119,10 +147,17 @@ class VisionConfig:
             self.backbone_depth,
         )
         _require(
-            isinstance(self.trainable_backbone_layers, int) and 0 <= self.trainable_backbone_layers <= 5,
+            self.trainable_backbone_layers is None
+            or (isinstance(self.trainable_backbone_layers, int) and 0 <= self.trainable_backbone_layers <= 5),
             f"{prefix}trainable_backbone_layers",
-            "must be an integer in [0, 5]",
+            "must be an integer in [0, 5] or null (automatic)",
             self.trainable_backbone_layers,
+        )
+        _require(
+            self.backbone_norm is None or self.backbone_norm in BACKBONE_NORMS,
+            f"{prefix}backbone_norm",
+            f"must be one of {BACKBONE_NORMS} or null (automatic)",
+            self.backbone_norm,
         )
         _positive_int(
             prefix,

@@ -73,6 +73,8 @@ def upstream_config(**overrides: Any) -> UniHemaConfig:
     on top of the mirror (e.g. ``text={"pretrained_path": ...}``).
     """
     sections: dict[str, Any] = {
+        # Their ResNet-50 keeps ImageNet batch-norm statistics frozen and trains layer2-4.
+        "vision": {"backbone_norm": "frozen_bn", "trainable_backbone_layers": 3},
         "hemaformer": dataclasses.asdict(HemaFormerConfig.upstream()),
         "text": {"pad_to_max_length": True},
     }
@@ -87,7 +89,7 @@ def upstream_config(**overrides: Any) -> UniHemaConfig:
 # Options the authors' weights depend on that no shape check can catch: field -> required value.
 _REQUIRED_OPTIONS: dict[str, Any] = {
     "vision.backbone_depth": 50,
-    "vision.frozen_batchnorm": True,
+    "vision.backbone_norm": "frozen_bn",
     "hemaformer.cmf_order": "image_first",
     "hemaformer.cmf_ffn": True,
     "hemaformer.cmf_residual": True,

@@ -95,6 +95,7 @@ def save_pretrained(model: UniHema, directory: str | os.PathLike[str]) -> Path:
     metadata = {FORMAT_KEY: FORMAT_VALUE, ALIASES_KEY: json.dumps(aliases, sort_keys=True)}
     _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     # The weights file carries every tensor: a reload must not read pretrained T5 or backbone files again.
+    # (The model's config holds the backbone options resolved, so dropping the file keeps the same norms.)
     config = dataclasses.replace(
         model.config,
         text=dataclasses.replace(model.config.text, pretrained_path=None),

@@ -64,10 +64,16 @@ class UniHema(nn.Module):
         ``tokenizer`` replaces the domain tokenizer (used by :meth:`from_pretrained`)."""
         v, h, heads, dn = config.vision, config.hemaformer, config.heads, config.denoising
         text, text_config = TextModel.from_config(config.text, tokenizer=tokenizer)
-        config = dataclasses.replace(config, text=text_config)
+        # Automatic backbone options are resolved once, so the saved config rebuilds the same norms.
+        vision = dataclasses.replace(
+            v,
+            trainable_backbone_layers=v.resolved_trainable_backbone_layers(),
+            backbone_norm=v.resolved_backbone_norm(),
+        )
+        config = dataclasses.replace(config, text=text_config, vision=vision)
         d, n = v.d_model, text.d_model
         backbone = ResNetBackbone(
-            v.backbone_depth, v.backbone_weights, v.trainable_backbone_layers, v.frozen_batchnorm
+            v.backbone_depth, v.backbone_weights, vision.trainable_backbone_layers, vision.backbone_norm
         )
         attention = dict(
             num_heads=v.num_heads, num_levels=v.num_levels, num_points=v.num_points, ffn_dim=v.ffn_dim

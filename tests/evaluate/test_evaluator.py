@@ -7,7 +7,13 @@ from unihema.data.schema import ArrayImage, ArrayMask, Sample, Task
 from unihema.data.transforms import TransformConfig
 from unihema.data.vocab import CELL_ATTRIBUTES
 from unihema.evaluate import metrics
-from unihema.evaluate.evaluator import EvalConfig, decode_attributes, decode_detections, evaluate, evaluate_task
+from unihema.evaluate.evaluator import (
+    EvalConfig,
+    decode_attributes,
+    decode_detections,
+    evaluate,
+    evaluate_task,
+)
 
 SMALL = EvalConfig(batch_size=2, transforms=TransformConfig(seg_size=32, cls_size=32, text_size=32), pad_to_multiple=1)
 

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 import pytest
+import torch
 
 from unihema.data.vocab import CELL_CLASSES, DETECTION_CLASSES
 from unihema.model.configuration import ConfigError, HemaFormerConfig, TextConfig, UniHemaConfig, VisionConfig

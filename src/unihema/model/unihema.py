@@ -3,7 +3,6 @@ the Hema-Former modules (CMF, TGVR, SCFE, QGMF) and the task heads. Each task ru
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -11,7 +10,6 @@ import torch
 from torch import Tensor, nn
 
 from unihema.data.schema import Task
-from unihema.data.vocab import CELL_ATTRIBUTES, FOV_ATTRIBUTES
 from unihema.model.backbone import InputProjection, ResNetBackbone, SinePositionEncoding
 from unihema.model.configuration import UniHemaConfig
 from unihema.model.heads import AttributeHead, CellClassHead
@@ -60,66 +58,11 @@ class UniHema(nn.Module):
 
     @classmethod
     def from_config(cls, config: UniHemaConfig, tokenizer: Any = None) -> UniHema:
-        """Build every module from ``config`` (random weights unless the config points at pretrained ones).
-        ``tokenizer`` replaces the domain tokenizer (used by :meth:`from_pretrained`)."""
-        v, h, heads, dn = config.vision, config.hemaformer, config.heads, config.denoising
-        text, text_config = TextModel.from_config(config.text, tokenizer=tokenizer)
-        # Automatic backbone options are resolved once, so the saved config rebuilds the same norms.
-        vision = dataclasses.replace(
-            v,
-            trainable_backbone_layers=v.resolved_trainable_backbone_layers(),
-            backbone_norm=v.resolved_backbone_norm(),
-        )
-        config = dataclasses.replace(config, text=text_config, vision=vision)
-        d, n = v.d_model, text.d_model
-        backbone = ResNetBackbone(
-            v.backbone_depth, v.backbone_weights, vision.trainable_backbone_layers, vision.backbone_norm
-        )
-        attention = dict(
-            num_heads=v.num_heads, num_levels=v.num_levels, num_points=v.num_points, ffn_dim=v.ffn_dim
-        )
-        return cls(
-            config=config,
-            backbone=backbone,
-            input_proj=InputProjection(backbone.out_channels, d, v.num_levels),
-            position=SinePositionEncoding(d // 2, v.position_temperature, normalize=True),
-            image_encoder=ImageEncoder(d, v.encoder_layers, dropout=v.dropout, **attention),
-            image_decoder=ImageDecoder(
-                d,
-                v.decoder_layers,
-                num_queries=v.num_queries,
-                num_classes=heads.num_detection_classes,
-                dropout=v.dropout,
-                dn_number=dn.number if dn.enabled else 0,
-                dn_label_noise_ratio=dn.label_noise_ratio,
-                dn_box_noise_scale=dn.box_noise_scale,
-                **attention,
-            ),
-            text=text,
-            cmf=CrossModalFusion(
-                d,
-                n,
-                text_config.max_length,
-                h.cmf_num_heads,
-                num_layers=h.cmf_num_layers,
-                order=h.cmf_order,
-                ffn=h.cmf_ffn,
-                ffn_dim=h.cmf_ffn_dim,
-                residual=h.cmf_residual,
-            ),
-            tgvr=TextGuidedVisualRefinement(d, n, h.tgvr_num_heads, h.tgvr_mode),
-            scfe=SingleCellFeatureExtractor(d, h.scfe_inputs),
-            qgmf=QueryGuidedMaskFormer(
-                d, backbone.out_channels[0], h.qgmf_mlp_layers, h.qgmf_upsampler_channels, h.qgmf_query
-            )
-            if h.qgmf_style == "paper"
-            else UpstreamQueryGuidedMaskFormer(d, h.qgmf_mlp_layers, h.qgmf_upsampler_channels, h.qgmf_query),
-            box_attribute_head=AttributeHead(d, FOV_ATTRIBUTES, heads.box_attribute_hidden_dim),
-            cell_class_head=CellClassHead(
-                d, heads.num_cell_classes, heads.cell_head_hidden_dims, heads.cell_head_dropout
-            ),
-            cell_attribute_head=AttributeHead(d, CELL_ATTRIBUTES, heads.cell_attribute_hidden_dim),
-        )
+        """Build every module from ``config`` (see :func:`unihema.model.builder.build_components`)."""
+        from unihema.model.builder import build_components
+
+        config, components = build_components(config, tokenizer)
+        return cls(config=config, **components)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> UniHema:

@@ -85,10 +85,10 @@ def markdown(
         "",
         f"Median wall time of one forward pass (batch 1, {IMAGE_SIZE}x{IMAGE_SIZE} input, eval mode, no gradients) "
         f"after {warmup} warm-up run(s), {repeats} timed runs; random weights; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.machine()} CPU. The CPU was shared with other jobs while "
-        "measuring (load average about 5 on 2 cores), so single rows can be off by a factor of several (e.g. "
-        "a bfloat16 row faster than its float32 row by 5x is contention, not bfloat16); rerun on an idle machine "
-        "before comparing. cell_morphology "
+        f"{torch.get_num_threads()} threads, {platform.machine()} CPU, 1-minute load average "
+        f"{os.getloadavg()[0]:.1f} when the table was written (above the core count means other work shared the "
+        "CPU and rows may be slower than on an idle machine; float32 and bfloat16 of a row run back to back, "
+        "so their ratio is the robust number). cell_morphology "
         "runs the classification path and mlm the vqa path; `vqa` is the teacher-forced forward, "
         f"`vqa generate` greedy generation of {GENERATE_TOKENS} new tokens from the fused image-and-text states.",
         "",

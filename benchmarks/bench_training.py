@@ -101,8 +101,8 @@ def markdown(rows: list[tuple[str, int, str, float, float]], args: argparse.Name
         f"loading); inputs: detection {args.det_size} px, segmentation {args.seg_size} px, single-cell "
         f"{args.cls_size} px, text {args.text_size} px (the sizes of `src/unihema/configs/demo.yaml`). torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()} CPU, load average "
-        f"{load:.1f} when the table was written: the CPU was shared with other jobs, so rows can be off by a "
-        "factor of several; rerun on an idle machine before comparing.",
+        f"{load:.1f} when the table was written (above the core count means other work shared the CPU; "
+        "float32 and bfloat16 of a row run back to back, so their ratio is the robust number).",
         "",
         "| task | batch | input | float32 (img/s) | bfloat16 autocast (img/s) |",
         "|---|---:|---|---:|---:|",

@@ -35,7 +35,9 @@ def test_demo_writes_report_model_and_overlays(tmp_path, micro_config):
         assert entry["before"] is not None and entry["after"] is not None
         assert entry["improved"] == (entry["after"] > entry["before"])
     assert (out / "report.md").read_text().startswith("# UniHema demo report")
-    assert (out / "overlays" / "detection.png").is_file() and (out / "overlays" / "segmentation.png").is_file()
+    assert (out / "overlays" / "detection.png").is_file() and (
+        out / "overlays" / "segmentation.png"
+    ).is_file()
     loaded = UniHema.from_pretrained(out / "model")
     reference = UniHema.from_pretrained(out / "run" / "final")
     for (name, a), (_, b) in zip(loaded.state_dict().items(), reference.state_dict().items()):

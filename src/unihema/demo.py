@@ -43,7 +43,9 @@ def _eval_samples(corpus: Any, per_task: int | None) -> dict[Task, list[Sample]]
     return {task: samples for task, samples in grouped.items() if samples}
 
 
-def _overlays(model: torch.nn.Module, samples: Mapping[Task, list[Sample]], eval_config: EvalConfig, out_dir: Path) -> list[str]:
+def _overlays(
+    model: torch.nn.Module, samples: Mapping[Task, list[Sample]], eval_config: EvalConfig, out_dir: Path
+) -> list[str]:
     """Detection boxes and segmentation mask of the trained model on one test field each."""
     from unihema.data.loader import build_loader
 
@@ -54,19 +56,37 @@ def _overlays(model: torch.nn.Module, samples: Mapping[Task, list[Sample]], eval
         if task not in samples:
             continue
         sample = samples[task][0]
-        batch = next(iter(build_loader([sample], task, batch_size=1, train=False, transform_config=eval_config.transforms)))
+        batch = next(
+            iter(
+                build_loader(
+                    [sample], task, batch_size=1, train=False, transform_config=eval_config.transforms
+                )
+            )
+        )
         with torch.no_grad():
-            outputs = model(batch["images"].to(device), task, prompts=batch["prompts"], image_mask=batch["image_mask"].to(device))
+            outputs = model(
+                batch["images"].to(device),
+                task,
+                prompts=batch["prompts"],
+                image_mask=batch["image_mask"].to(device),
+            )
         image = sample.load_image()
         if task is Task.DETECTION:
             size = torch.tensor([[image.height, image.width]], dtype=torch.float32)
             found = decode_detections(outputs, size, eval_config.max_detections)[0]
             keep = found["scores"] >= DETECTION_OVERLAY_SCORE
-            picture = draw_detections(image, found["boxes"][keep].cpu().numpy(), found["labels"][keep].tolist(), found["scores"][keep].tolist())
+            picture = draw_detections(
+                image,
+                found["boxes"][keep].cpu().numpy(),
+                found["labels"][keep].tolist(),
+                found["scores"][keep].tolist(),
+            )
         else:
             height, width = batch["targets"][0]["mask"].shape[-2:]
             probabilities = outputs["pred_masks"][0, 0, :height, :width].float().sigmoid()
-            resized = torch.nn.functional.interpolate(probabilities[None, None], size=(image.height, image.width), mode="bilinear")
+            resized = torch.nn.functional.interpolate(
+                probabilities[None, None], size=(image.height, image.width), mode="bilinear"
+            )
             picture = draw_mask(image, (resized[0, 0] > eval_config.mask_threshold).cpu().numpy())
         relative = f"overlays/{task.value}.png"
         save_image_atomic(picture, out_dir / relative)
@@ -94,8 +114,14 @@ def run_demo(
     run_dir = out_dir / "run"
     if run_dir.exists():
         raise FileExistsError(f"{out_dir} already holds a demo run; choose another --out or remove it")
-    corpus = SyntheticCorpus(SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.data.synthetic.items()}))
-    transforms = TransformConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.data.transforms.items()})
+    corpus = SyntheticCorpus(
+        SyntheticConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in config.data.synthetic.items()}
+        )
+    )
+    transforms = TransformConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in config.data.transforms.items()}
+    )
     eval_config = EvalConfig(transforms=transforms, pad_to_multiple=config.data.pad_to_multiple)
     eval_samples = _eval_samples(corpus, eval_per_task)
 

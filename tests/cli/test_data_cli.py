@@ -390,7 +390,12 @@ def test_synthetic_command_writes_a_corpus_the_coco_reader_reads_back(tmp_path):
     from unihema.data.formats import detect_format, get_reader
 
     out = tmp_path / "synthetic"
-    assert main(["data", "synthetic", "--out", str(out), "--n-images", "6", "--image-size", "128", "--seed", "3"]) == 0
+    assert (
+        main(
+            ["data", "synthetic", "--out", str(out), "--n-images", "6", "--image-size", "128", "--seed", "3"]
+        )
+        == 0
+    )
     assert len(list(out.rglob("*.png"))) >= 6
     fmt = detect_format(out)
     result = get_reader(fmt).read(out)

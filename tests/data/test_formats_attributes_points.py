@@ -129,7 +129,11 @@ def test_wbcatt_reannotations_and_text_tasks() -> None:
     assert tasks[Task.CELL_MORPHOLOGY] == 200 and tasks[Task.MLM] == 4 * 200
     vqa = [s for s in result.samples if s.task is Task.VQA]
     assert all(s.prompt.startswith("Q: ") and s.split == "val" for s in vqa)
-    eo_class = [s for s in vqa if s.text_target in {f"This is an {c}." if c[0] in "aeiou" else f"This is a {c}." for c in WBC}]
+    eo_class = [
+        s
+        for s in vqa
+        if s.text_target in {f"This is an {c}." if c[0] in "aeiou" else f"This is a {c}." for c in WBC}
+    ]
     assert len(eo_class) == 200  # one class question per cell
 
 

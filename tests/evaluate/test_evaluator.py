@@ -15,7 +15,9 @@ from unihema.evaluate.evaluator import (
     evaluate_task,
 )
 
-SMALL = EvalConfig(batch_size=2, transforms=TransformConfig(seg_size=32, cls_size=32, text_size=32), pad_to_multiple=1)
+SMALL = EvalConfig(
+    batch_size=2, transforms=TransformConfig(seg_size=32, cls_size=32, text_size=32), pad_to_multiple=1
+)
 
 
 class ConstantModel(nn.Module):
@@ -46,7 +48,9 @@ def test_decode_detections_top_pairs_in_pixels():
     logits[0, 2, 1] = 5.0
     logits[0, 0, 3] = 2.0
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.25, 0.5, 0.5, 1.0]]])
-    found = decode_detections({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[100.0, 200.0]]), 2)[0]
+    found = decode_detections(
+        {"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[100.0, 200.0]]), 2
+    )[0]
     assert found["labels"].tolist() == [1, 3] and found["queries"].tolist() == [2, 0]
     assert torch.allclose(found["boxes"][0], torch.tensor([0.0, 0.0, 100.0, 100.0]))
 
@@ -63,22 +67,35 @@ def test_segmentation_dice_matches_hand_computation():
     masks = [np.zeros((32, 32), bool) for _ in range(3)]
     masks[0][:8] = True
     masks[1][:, :16] = True
-    samples = [Sample(_image(), Task.SEGMENTATION, "t", f"s{i}", mask=ArrayMask(m)) for i, m in enumerate(masks)]
+    samples = [
+        Sample(_image(), Task.SEGMENTATION, "t", f"s{i}", mask=ArrayMask(m)) for i, m in enumerate(masks)
+    ]
     result = evaluate_task(ConstantModel(), samples, Task.SEGMENTATION, SMALL)
     expected = np.mean([metrics.dice_scores([np.ones_like(m)], [m])[0] for m in masks])
     assert result.metric == "Dice" and result.value == pytest.approx(expected)
 
 
 def test_classification_and_text_metrics():
-    samples = [Sample(_image(), Task.CLASSIFICATION, "t", f"c{i}", cell_class=c) for i, c in enumerate([3, 3, 5, 7])]
+    samples = [
+        Sample(_image(), Task.CLASSIFICATION, "t", f"c{i}", cell_class=c) for i, c in enumerate([3, 3, 5, 7])
+    ]
     text = [
-        Sample(_image(), Task.VQA, "t", "q0", prompt="Q: the nucleus is round", text_target="the nucleus is round"),
+        Sample(
+            _image(),
+            Task.VQA,
+            "t",
+            "q0",
+            prompt="Q: the nucleus is round",
+            text_target="the nucleus is round",
+        ),
         Sample(_image(), Task.VQA, "t", "q1", prompt="Q: big", text_target="small"),
     ]
     results = evaluate(ConstantModel(), {Task.CLASSIFICATION: samples, Task.VQA: text}, SMALL)
     assert results[Task.CLASSIFICATION].details["accuracy"] == pytest.approx(0.5)
     assert results[Task.VQA].details["exact_match"] == pytest.approx(0.5)
-    assert results[Task.VQA].value == pytest.approx(metrics.bleu4(["the nucleus is round", "big"], ["the nucleus is round", "small"]))
+    assert results[Task.VQA].value == pytest.approx(
+        metrics.bleu4(["the nucleus is round", "big"], ["the nucleus is round", "small"])
+    )
     with pytest.raises(ValueError, match="no samples"):
         evaluate_task(ConstantModel(), [], Task.CLASSIFICATION)
 

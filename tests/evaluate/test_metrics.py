@@ -69,7 +69,9 @@ def test_classification_and_bleu():
     scores = classification_scores([0, 1, 1, 2], [0, 1, 2, 2])
     assert scores["accuracy"] == pytest.approx(0.75)
     assert 0 < scores["f1_macro"] < 1
-    assert bleu4(["the nucleus is segmented and bilobed"], ["the nucleus is segmented and bilobed"]) == pytest.approx(100.0)
+    assert bleu4(
+        ["the nucleus is segmented and bilobed"], ["the nucleus is segmented and bilobed"]
+    ) == pytest.approx(100.0)
     assert bleu4(["a b c d"], ["the nucleus is segmented and bilobed"]) < 10
 
 

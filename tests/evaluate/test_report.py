@@ -13,7 +13,9 @@ def test_report_json_and_markdown(tmp_path):
     before = {Task.DETECTION: TaskResult(Task.DETECTION, "mAP50", 0.01)}
     after = {
         Task.DETECTION: TaskResult(Task.DETECTION, "mAP50", 0.4, {"mAP50_95": 0.2}),
-        Task.VQA: TaskResult(Task.VQA, "BLEU4", 30.0, examples=[{"prompt": "Q: x?", "answer": "a", "reference": "b"}]),
+        Task.VQA: TaskResult(
+            Task.VQA, "BLEU4", 30.0, examples=[{"prompt": "Q: x?", "answer": "a", "reference": "b"}]
+        ),
     }
     report = build_report(before, after, {"preset": "tiny", "nan": float("nan")})
     json_path, md_path = write_report(tmp_path, report, overlays=["overlays/detection.png"])

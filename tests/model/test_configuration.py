@@ -154,7 +154,9 @@ def test_backbone_norm_and_trainable_stages_follow_pretraining(tmp_path):
     assert pretrained.resolved_trainable_backbone_layers() == 3
     explicit = VisionConfig(backbone_depth=18, backbone_norm="bn", trainable_backbone_layers=1)
     assert explicit.resolved_backbone_norm() == "bn" and explicit.resolved_trainable_backbone_layers() == 1
-    backbone = ResNetBackbone(18, None, random_init.resolved_trainable_backbone_layers(), random_init.resolved_backbone_norm())
+    backbone = ResNetBackbone(
+        18, None, random_init.resolved_trainable_backbone_layers(), random_init.resolved_backbone_norm()
+    )
     assert isinstance(backbone.body.bn1, torch.nn.GroupNorm)
     assert all(p.requires_grad for p in backbone.parameters())
     with pytest.raises(ValueError, match="backbone_norm"):

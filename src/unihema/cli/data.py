@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=_check)
 
     synthetic = commands.add_parser(
-        "synthetic", help="write the built-in synthetic smear corpus (PNG images, COCO boxes, masks, manifest)"
+        "synthetic",
+        help="write the built-in synthetic smear corpus (PNG images, COCO boxes, masks, manifest)",
     )
     synthetic.add_argument("--out", required=True, help="output folder")
     synthetic.add_argument("--n-images", type=int, default=1000, help="fields of view (default: 1000)")

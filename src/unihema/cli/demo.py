@@ -10,9 +10,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="train and evaluate every task on the synthetic corpus; write a before/after report",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
-    parser.add_argument("--config", type=Path, default=None, help="training curriculum YAML (default: the packaged demo.yaml)")
-    parser.add_argument("--eval-per-task", type=int, default=64, help="held-out samples evaluated per task (default: 64)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="training curriculum YAML (default: the packaged demo.yaml)"
+    )
+    parser.add_argument(
+        "--eval-per-task", type=int, default=64, help="held-out samples evaluated per task (default: 64)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -20,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from unihema.demo import format_summary, improved_everywhere, run_demo
 
-    report = run_demo(args.out, config_path=args.config, eval_per_task=args.eval_per_task, progress=not args.no_progress)
+    report = run_demo(
+        args.out, config_path=args.config, eval_per_task=args.eval_per_task, progress=not args.no_progress
+    )
     print(format_summary(report))
     print(f"report: {args.out / 'report.md'}  model: {args.out / 'model'}")
     if not improved_everywhere(report):

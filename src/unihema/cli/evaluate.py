@@ -64,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = UniHema.from_pretrained(args.model).to(device)
     results = evaluate(model, _samples_by_task(args), EvalConfig(batch_size=args.batch_size))
-    rows = {task.value: {"metric": r.metric, "value": r.value, "details": r.details} for task, r in results.items()}
+    rows = {
+        task.value: {"metric": r.metric, "value": r.value, "details": r.details}
+        for task, r in results.items()
+    }
     if args.json:
         json.dump(rows, sys.stdout, indent=2, default=float)
         print()

@@ -20,7 +20,9 @@ def task_prompt(sample: Sample) -> str:
     if sample.prompt:
         return sample.prompt
     if sample.task.is_text:
-        raise ValueError(f"sample {sample.dataset}/{sample.sample_id}: a {sample.task.value} sample needs a prompt")
+        raise ValueError(
+            f"sample {sample.dataset}/{sample.sample_id}: a {sample.task.value} sample needs a prompt"
+        )
     disease = sample.disease or DEFAULT_DISEASE
     if sample.task in (Task.CLASSIFICATION, Task.CELL_MORPHOLOGY):
         return SINGLE_CELL_PROMPT.format(disease=disease)

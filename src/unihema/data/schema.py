@@ -227,7 +227,9 @@ class Sample:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.box_labels = np.asarray(self.box_labels, dtype=np.int64).reshape(-1)
         if self.box_attributes.shape[0] == 0 and len(self.box_labels) > 0:
-            self.box_attributes = np.full((len(self.box_labels), len(FOV_ATTRIBUTES)), UNKNOWN, dtype=np.int64)
+            self.box_attributes = np.full(
+                (len(self.box_labels), len(FOV_ATTRIBUTES)), UNKNOWN, dtype=np.int64
+            )
         self.box_attributes = np.asarray(self.box_attributes, dtype=np.int64).reshape(-1, len(FOV_ATTRIBUTES))
         if len(self.boxes) != len(self.box_labels) or len(self.boxes) != len(self.box_attributes):
             raise ValueError(
@@ -235,7 +237,9 @@ class Sample:
                 f"({len(self.box_labels)}) and box_attributes ({len(self.box_attributes)}) differ in length"
             )
         if self.cell_attributes is not None:
-            self.cell_attributes = np.asarray(self.cell_attributes, dtype=np.int64).reshape(len(CELL_ATTRIBUTES))
+            self.cell_attributes = np.asarray(self.cell_attributes, dtype=np.int64).reshape(
+                len(CELL_ATTRIBUTES)
+            )
 
     def load_image(self) -> Image.Image:
         return self.image.load()

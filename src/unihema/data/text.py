@@ -70,7 +70,10 @@ _STATEMENTS: dict[str, str | dict[str, str]] = {
     "nucleus_shape": "the nucleus is {value}",
     "nuclear_cytoplasmic_ratio": "the nuclear-to-cytoplasmic ratio is {value}",
     "chromatin_density": "the chromatin is {value} packed",
-    "cytoplasm_vacuole": {"yes": "vacuoles are present in the cytoplasm", "no": "the cytoplasm has no vacuoles"},
+    "cytoplasm_vacuole": {
+        "yes": "vacuoles are present in the cytoplasm",
+        "no": "the cytoplasm has no vacuoles",
+    },
     "cytoplasm_texture": "the cytoplasm is {value}",
     "cytoplasm_colour": "the cytoplasm is {value}",
     "granule_type": "the granules are {value}",
@@ -258,7 +261,12 @@ def vqa_pairs(
     rng = _rng(seed, cls, known, "vqa")
     pairs: list[tuple[str, str]] = []
     if cls:
-        pairs.append((VQA_PREFIX + rng.choice(_CLASS_QUESTIONS), cls if words else _sentence(f"this is {_article(cls)} {cls}")))
+        pairs.append(
+            (
+                VQA_PREFIX + rng.choice(_CLASS_QUESTIONS),
+                cls if words else _sentence(f"this is {_article(cls)} {cls}"),
+            )
+        )
     for name, value in known.items():
         if value == NIL:  # no granules: nothing to say about their type or colour
             continue
@@ -487,7 +495,11 @@ def text_samples(
 
     out: list[Sample] = []
     for task, tag, pairs in (
-        (Task.VQA, "vqa", keep(vqa_pairs(cls, attributes, seed=sample_seed, answer_style=answer_style), max_vqa)),
+        (
+            Task.VQA,
+            "vqa",
+            keep(vqa_pairs(cls, attributes, seed=sample_seed, answer_style=answer_style), max_vqa),
+        ),
         (Task.MLM, "mlm", keep(masked_sentences(cls, attributes, seed=sample_seed), max_mlm)),
     ):
         for i, (prompt, answer) in enumerate(pairs):

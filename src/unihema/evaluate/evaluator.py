@@ -97,7 +97,9 @@ def decode_attributes(flat_logits: torch.Tensor, schema: Sequence[tuple[str, Seq
     return torch.stack([flat_logits[..., s].argmax(-1) for s in attribute_slices(schema)], dim=-1)
 
 
-def decode_detections(outputs: Mapping[str, torch.Tensor], sizes: torch.Tensor, max_detections: int) -> list[dict[str, torch.Tensor]]:
+def decode_detections(
+    outputs: Mapping[str, torch.Tensor], sizes: torch.Tensor, max_detections: int
+) -> list[dict[str, torch.Tensor]]:
     """Top-scoring (query, class) pairs per image, boxes in xyxy pixels of the given (h, w) sizes.
 
     Returns per image: ``boxes`` (K, 4), ``scores`` (K,), ``labels`` (K,), ``queries`` (K,) (the query
@@ -136,7 +138,9 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def evaluate_task(model: torch.nn.Module, samples: Sequence[Sample], task: Task | str, config: EvalConfig | None = None) -> TaskResult:
+def evaluate_task(
+    model: torch.nn.Module, samples: Sequence[Sample], task: Task | str, config: EvalConfig | None = None
+) -> TaskResult:
     """Evaluate one task on ``samples`` (all of that task)."""
     task = Task(task)
     config = config or EvalConfig()
@@ -170,7 +174,9 @@ def _collect_detection(model, samples, task, config, device) -> TaskResult:
                 labels=detections["labels"].cpu().numpy(),
             )  # fmt: skip
             predictions.append(prediction)
-            targets.append(metrics.DetectionTarget(boxes=gt_boxes, labels=gt_labels, size=(int(height), int(width))))
+            targets.append(
+                metrics.DetectionTarget(boxes=gt_boxes, labels=gt_labels, size=(int(height), int(width)))
+            )
             if task is Task.FOV_MORPHOLOGY:
                 confident = (detections["scores"] >= config.attribute_score_threshold).cpu().numpy()
                 kept_queries = detections["queries"].cpu().numpy()[confident]
@@ -185,7 +191,13 @@ def _collect_detection(model, samples, task, config, device) -> TaskResult:
                 matched_cells += sum(1 for _, g in matches if has_attributes[g])
                 total_cells += int(has_attributes.sum())
             if len(examples) < 4:
-                examples.append({"sample_id": batch["samples"][i].sample_id, "num_detections_over_0.5": int((prediction.scores > 0.5).sum()), "num_cells": len(gt_boxes)})
+                examples.append(
+                    {
+                        "sample_id": batch["samples"][i].sample_id,
+                        "num_detections_over_0.5": int((prediction.scores > 0.5).sum()),
+                        "num_cells": len(gt_boxes),
+                    }
+                )
     detection = metrics.detection_map(predictions, targets)
     details = {"mAP50": detection["map50"], "mAP50_95": detection["map"], "images": len(targets)}
     if task is Task.DETECTION:
@@ -228,7 +240,9 @@ def _collect_classification(model, samples, task, config, device) -> TaskResult:
             predicted.extend(outputs["pred_cell_logits"].argmax(-1).cpu().tolist())
             expected.extend(int(t["cell_class"]) for t in batch["targets"])
         else:
-            predicted.append(decode_attributes(outputs["pred_cell_attributes"], CELL_ATTRIBUTES).cpu().numpy())
+            predicted.append(
+                decode_attributes(outputs["pred_cell_attributes"], CELL_ATTRIBUTES).cpu().numpy()
+            )
             expected.append(torch.stack([t["cell_attributes"] for t in batch["targets"]]).cpu().numpy())
     if task is Task.CLASSIFICATION:
         scores = metrics.classification_scores(predicted, expected)
@@ -252,7 +266,9 @@ def _collect_text(model, samples, task, config, device) -> TaskResult:
             if len(examples) < 6:
                 examples.append({"prompt": prompt, "answer": answer, "reference": target["text"]})
     exact = float(np.mean([h.strip().lower() == r.strip().lower() for h, r in zip(hypotheses, references)]))
-    return TaskResult(task, TASK_METRICS[task], metrics.bleu4(hypotheses, references), {"exact_match": exact}, examples)
+    return TaskResult(
+        task, TASK_METRICS[task], metrics.bleu4(hypotheses, references), {"exact_match": exact}, examples
+    )
 
 
 _COLLECTORS = {
@@ -266,6 +282,14 @@ _COLLECTORS = {
 }
 
 
-def evaluate(model: torch.nn.Module, samples_by_task: Mapping[Task | str, Sequence[Sample]], config: EvalConfig | None = None) -> dict[Task, TaskResult]:
+def evaluate(
+    model: torch.nn.Module,
+    samples_by_task: Mapping[Task | str, Sequence[Sample]],
+    config: EvalConfig | None = None,
+) -> dict[Task, TaskResult]:
     """Evaluate every task that has samples; returns results keyed by task."""
-    return {Task(task): evaluate_task(model, samples, task, config) for task, samples in samples_by_task.items() if samples}
+    return {
+        Task(task): evaluate_task(model, samples, task, config)
+        for task, samples in samples_by_task.items()
+        if samples
+    }

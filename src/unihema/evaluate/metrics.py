@@ -111,7 +111,11 @@ def detection_map(
         if values.size:
             per_class[int(category_id) - 1] = float(values.mean())
     # COCO stats use -1 when nothing could be evaluated: report 0 instead.
-    return {"map50": max(float(stats[1]), 0.0), "map": max(float(stats[0]), 0.0), "map50_per_class": per_class}
+    return {
+        "map50": max(float(stats[1]), 0.0),
+        "map": max(float(stats[0]), 0.0),
+        "map50_per_class": per_class,
+    }
 
 
 def box_iou_numpy(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -127,7 +131,9 @@ def box_iou_numpy(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def match_detections(pred_boxes: np.ndarray, target_boxes: np.ndarray, iou_threshold: float = MATCH_IOU) -> list[tuple[int, int]]:
+def match_detections(
+    pred_boxes: np.ndarray, target_boxes: np.ndarray, iou_threshold: float = MATCH_IOU
+) -> list[tuple[int, int]]:
     """Greedy one-to-one matching by IoU (predictions are assumed sorted by score, best first)."""
     iou = box_iou_numpy(pred_boxes, target_boxes)
     matches: list[tuple[int, int]] = []

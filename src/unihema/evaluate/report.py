@@ -27,7 +27,14 @@ from unihema.data.schema import Task
 from unihema.data.vocab import DETECTION_CLASSES
 from unihema.evaluate.evaluator import TaskResult
 
-OVERLAY_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
+OVERLAY_COLOURS = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -56,7 +63,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def build_report(before: Mapping[Task, TaskResult], after: Mapping[Task, TaskResult], meta: Mapping[str, Any]) -> dict[str, Any]:
+def build_report(
+    before: Mapping[Task, TaskResult], after: Mapping[Task, TaskResult], meta: Mapping[str, Any]
+) -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     for task, result_after in after.items():
         result_before = before.get(task)
@@ -74,7 +83,12 @@ def build_report(before: Mapping[Task, TaskResult], after: Mapping[Task, TaskRes
 
 
 def markdown_report(report: Mapping[str, Any], overlays: Sequence[str] = ()) -> str:
-    lines = ["# UniHema demo report", "", "| task | metric | before training | after training |", "|---|---|---|---|"]
+    lines = [
+        "# UniHema demo report",
+        "",
+        "| task | metric | before training | after training |",
+        "|---|---|---|---|",
+    ]
     for task, entry in report["tasks"].items():
         before = "n/a" if entry["before"] is None else f"{entry['before']:.4f}"
         lines.append(f"| {task} | {entry['metric']} | {before} | {entry['after']:.4f} |")
@@ -84,7 +98,13 @@ def markdown_report(report: Mapping[str, Any], overlays: Sequence[str] = ()) -> 
     for task in ("vqa", "mlm"):
         examples = report["tasks"].get(task, {}).get("examples", [])
         if examples:
-            lines += ["", f"## Sample answers ({task})", "", "| prompt | answer | reference |", "|---|---|---|"]
+            lines += [
+                "",
+                f"## Sample answers ({task})",
+                "",
+                "| prompt | answer | reference |",
+                "|---|---|---|",
+            ]
             lines += [f"| {e['prompt']} | {e['answer']} | {e['reference']} |" for e in examples]
     if overlays:
         lines += ["", "## Overlays", ""] + [f"![{Path(p).stem}]({p})" for p in overlays]
@@ -100,7 +120,9 @@ def write_report(out_dir: Path, report: Mapping[str, Any], overlays: Sequence[st
     return json_path, md_path
 
 
-def draw_detections(image: Image.Image, boxes: np.ndarray, labels: Sequence[int], scores: Sequence[float] | None = None) -> Image.Image:
+def draw_detections(
+    image: Image.Image, boxes: np.ndarray, labels: Sequence[int], scores: Sequence[float] | None = None
+) -> Image.Image:
     """Boxes with class names (and scores) drawn on a copy of ``image``."""
     canvas = image.convert("RGB").copy()
     draw = ImageDraw.Draw(canvas)
@@ -114,7 +136,9 @@ def draw_detections(image: Image.Image, boxes: np.ndarray, labels: Sequence[int]
     return canvas
 
 
-def draw_mask(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 255), alpha: float = 0.45) -> Image.Image:
+def draw_mask(
+    image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 255), alpha: float = 0.45
+) -> Image.Image:
     """``mask`` (H, W) bool blended over a copy of ``image``."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)

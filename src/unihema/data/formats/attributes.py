@@ -204,7 +204,9 @@ class AttributeCsvReader:
             )
         name = dataset or "wbcatt"
         # A relative images_root is relative to the dataset root, as for every reader's path options.
-        images_root = root / options["images_root"] if options.get("images_root") else _default_images_root(root)
+        images_root = (
+            root / options["images_root"] if options.get("images_root") else _default_images_root(root)
+        )
         if not images_root.is_dir():
             raise FileNotFoundError(
                 f"attributes reader: images_root {images_root} does not exist (pass images_root=)"

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from unihema.atomic import atomic_save_image
 from unihema.data.schema import Sample, Task
 from unihema.evaluate.evaluator import EvalConfig, TaskResult, decode_detections, evaluate
-from unihema.evaluate.report import build_report, draw_detections, draw_mask, save_image_atomic, write_report
+from unihema.evaluate.report import build_report, draw_detections, draw_mask, write_report
 
 DEMO_CONFIG = "demo.yaml"
 DETECTION_OVERLAY_SCORE = 0.3
@@ -89,7 +90,7 @@ def _overlays(
             )
             picture = draw_mask(image, (resized[0, 0] > eval_config.mask_threshold).cpu().numpy())
         relative = f"overlays/{task.value}.png"
-        save_image_atomic(picture, out_dir / relative)
+        atomic_save_image(picture, out_dir / relative)
         written.append(relative)
     return written
 

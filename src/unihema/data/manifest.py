@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from unihema.atomic import atomic_save_image
 from unihema.data.schema import ArrayImage, ArrayMask, FileImage, FileMask, Sample, Task
 
 MANIFEST_VERSION = 1
@@ -153,25 +154,13 @@ def _materialise_arrays(sample: Sample, array_dir: Path) -> tuple[Any, Any]:
     image, mask = sample.image, sample.mask
     if isinstance(image, ArrayImage):
         path = array_dir / f"{stem}.png"
-        _atomic_save_png(image.load(), path)
+        atomic_save_image(image.load(), path, format="PNG")
         image = FileImage(path)
     if isinstance(mask, ArrayMask):
         path = array_dir / f"{stem}.mask.png"
-        _atomic_save_png(Image.fromarray(mask.load().astype(np.uint8) * 255, mode="L"), path)
+        atomic_save_image(Image.fromarray(mask.load().astype(np.uint8) * 255, mode="L"), path, format="PNG")
         mask = FileMask(path, foreground=(255,))
     return image, mask
-
-
-def _atomic_save_png(image: Image.Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _path_str(path: Path | str, base_dir: Path | None) -> str:

@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 
+from unihema.atomic import atomic_write_text
 from unihema.data.schema import ArrayImage, FileImage, Sample
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -157,7 +157,7 @@ class HashCache:
         """Write the cache to ``path`` atomically (no-op without a path or without changes)."""
         if self.path is None or not self._dirty:
             return
-        _atomic_write_text(self.path, json.dumps({k: list(v) for k, v in self._entries.items()}))
+        atomic_write_text(self.path, json.dumps({k: list(v) for k, v in self._entries.items()}))
         self._dirty = False
 
 
@@ -264,7 +264,7 @@ class LeakReport:
         rows = [",".join(columns)]
         for leak in self.leaks:
             rows.append(",".join(_csv_cell(getattr(leak, c)) for c in columns))
-        _atomic_write_text(Path(path), "\n".join(rows) + "\n")
+        atomic_write_text(Path(path), "\n".join(rows) + "\n")
 
 
 def resolve_cross_dataset_leaks(
@@ -381,16 +381,3 @@ def read_duplicate_hints(csv_path: str | os.PathLike[str]) -> list[tuple[str, st
         if header is None or len(header) < 2:
             raise ValueError(f"{path}: expected a header with at least two path columns")
         return [(row[0], row[1]) for row in reader if len(row) >= 2]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

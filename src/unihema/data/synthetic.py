@@ -74,7 +74,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -86,6 +85,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from unihema.atomic import atomic_save_image, atomic_write_bytes
 from unihema.data.manifest import write_manifest
 from unihema.data.schema import UNKNOWN, ArrayImage, ArrayMask, FileImage, FileMask, Sample, Task
 from unihema.data.text import text_samples
@@ -1264,30 +1264,6 @@ def field_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index)])
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass(frozen=True)
 class CellCrop:
     """A single-cell crop: the cell and the square window (xyxy) it is cut from."""
@@ -1554,8 +1530,8 @@ class SyntheticCorpus:
                 name = f"field_{index:05d}.png"
                 image_path = root / split / name
                 mask_path = root / "masks" / split / name
-                _atomic_save_png(fov.image, image_path)
-                _atomic_save_png(fov.mask.astype(np.uint8) * 255, mask_path)
+                atomic_save_image(Image.fromarray(fov.image), image_path)
+                atomic_save_image(Image.fromarray(fov.mask.astype(np.uint8) * 255), mask_path)
                 image_id = index + 1
                 images.append(
                     {
@@ -1575,7 +1551,7 @@ class SyntheticCorpus:
                 "annotations": annotations,
                 "categories": categories,
             }
-            _atomic_write_bytes(
+            atomic_write_bytes(
                 root / "annotations" / f"instances_{split}.json",
                 json.dumps(coco, separators=(",", ":")).encode(),
             )
@@ -1583,7 +1559,7 @@ class SyntheticCorpus:
         write_manifest(file_samples, root / "manifest.jsonl", relative_paths=True)
         index_path = root / "synthetic.json"
         summary = {"dataset": DATASET_NAME, "config": self.config.to_dict(), "splits": counts}
-        _atomic_write_bytes(index_path, json.dumps(summary, indent=2).encode())
+        atomic_write_bytes(index_path, json.dumps(summary, indent=2).encode())
         return index_path
 
     def _file_samples(self, index: int, fov: FieldOfView, image_path: Path, mask_path: Path) -> list[Sample]:

@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from unihema.atomic import atomic_write_text
 from unihema.data.schema import Task
 from unihema.data.vocab import DETECTION_CLASSES
 from unihema.evaluate.evaluator import TaskResult
@@ -35,20 +34,6 @@ OVERLAY_COLOURS = (
     (145, 30, 180),
     (70, 240, 240),
 )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(value: Any) -> Any:
@@ -147,16 +132,3 @@ def draw_mask(
     blended = base.copy()
     blended[mask] = (1 - alpha) * base[mask] + alpha * np.asarray(colour, dtype=np.float32)
     return Image.fromarray(blended.clip(0, 255).astype(np.uint8))
-
-
-def save_image_atomic(image: Image.Image, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        image.save(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

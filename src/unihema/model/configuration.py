@@ -21,11 +21,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from unihema.atomic import atomic_write_text
 from unihema.data.vocab import CELL_CLASSES, DETECTION_CLASSES
 
 BACKBONE_DEPTHS = (18, 34, 50)
@@ -584,16 +584,7 @@ class UniHemaConfig:
             text = yaml.safe_dump(data, sort_keys=False)
         else:
             raise ConfigError(f"{path}: configuration files must end in .json, .yaml or .yml")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, text)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> UniHemaConfig:

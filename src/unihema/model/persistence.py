@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from unihema.atomic import atomic_write
 from unihema.model.configuration import UniHemaConfig
 
 if TYPE_CHECKING:
@@ -34,17 +35,6 @@ FORMAT_VALUE = "unihema"
 
 class CheckpointError(ValueError):
     """A checkpoint file does not fit the model; the message names the file and the tensor."""
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _unique_state(model: torch.nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -93,7 +83,7 @@ def save_pretrained(model: UniHema, directory: str | os.PathLike[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _unique_state(model)
     metadata = {FORMAT_KEY: FORMAT_VALUE, ALIASES_KEY: json.dumps(aliases, sort_keys=True)}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     # The weights file carries every tensor: a reload must not read pretrained T5 or backbone files again.
     # (The model's config holds the backbone options resolved, so dropping the file keeps the same norms.)
     config = dataclasses.replace(

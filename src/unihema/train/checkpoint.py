@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from unihema.atomic import atomic_write_text
+
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
 MODEL_DIR = "model"
@@ -41,22 +43,6 @@ STATE_FILE = "training_state.pt"
 STATE_VERSION = 1
 _STEP_PATTERN = re.compile(r"step-(\d+)")
 _TMP_PREFIX = ".tmp-"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

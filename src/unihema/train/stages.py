@@ -408,7 +408,7 @@ class TrainConfig:
         """Write as YAML, atomically."""
         import yaml
 
-        from unihema.train.checkpoint import atomic_write_text
+        from unihema.atomic import atomic_write_text
 
         atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 

@@ -46,13 +46,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from unihema.atomic import atomic_write_text
 from unihema.data.schema import Sample, Task
 from unihema.data.vocab import DETECTION_CLASSES, detection_index
 from unihema.train import distributed as dist_utils
 from unihema.train.checkpoint import (
     MODEL_DIR,
     Progress,
-    atomic_write_text,
     latest_checkpoint,
     load_training_state,
     progress_from_state,

@@ -77,7 +77,10 @@ def test_wbcatt_staged_rows_and_single_warning() -> None:
     ]
     assert [CELL_ATTRIBUTES[i][1][v] for i, v in enumerate(eo.cell_attributes)] == expected
     assert eo.split == "test" and CELL_CLASSES[eo.cell_class] == "eosinophil" and eo.image_size == (363, 360)
-    assert eo.source_path == dataset_path("pbc") / "PBC_dataset_normal_DIB/eosinophil/EO_501290.jpg"
+    assert (
+        eo.source_path.resolve()
+        == (dataset_path("pbc") / "PBC_dataset_normal_DIB/eosinophil/EO_501290.jpg").resolve()
+    )
     assert all((s.cell_attributes != UNKNOWN).all() for s in result.samples)
 
 

@@ -24,7 +24,13 @@ import torch
 
 from unihema.atomic import atomic_save_image
 from unihema.data.schema import Sample, Task
-from unihema.evaluate.evaluator import EvalConfig, TaskResult, decode_detections, evaluate
+from unihema.evaluate.evaluator import (
+    EvalConfig,
+    TaskResult,
+    decode_detections,
+    evaluate,
+    mask_logits_at_input,
+)
 from unihema.evaluate.report import build_report, draw_detections, draw_mask, write_report
 
 DEMO_CONFIG = "demo.yaml"
@@ -84,7 +90,8 @@ def _overlays(
             )
         else:
             height, width = batch["targets"][0]["mask"].shape[-2:]
-            probabilities = outputs["pred_masks"][0, 0, :height, :width].float().sigmoid()
+            logits = mask_logits_at_input(outputs["pred_masks"], batch["images"].shape[-2:])
+            probabilities = logits[0, 0, :height, :width].sigmoid()
             resized = torch.nn.functional.interpolate(
                 probabilities[None, None], size=(image.height, image.width), mode="bilinear"
             )

@@ -124,6 +124,16 @@ def test_detection_eval_resize_and_max_size():
     )
 
 
+def test_detection_eval_max_size_equal_to_the_shorter_side():
+    # Valid config (det_max_size >= det_eval_size); torchvision's Resize alone rejects the equal cap.
+    config = TransformConfig(det_train_sizes=(64,), det_eval_size=64, det_max_size=64, **NO_COLOUR)
+    for train in (False, True):
+        out = build_transforms(Task.DETECTION, train=train, config=config)(
+            _det_input(_square_image(), [SQUARE], [1])
+        )
+        assert out["image"].shape[-2:] == (42, 64)  # the longer side 60 -> 64, the shorter 40 -> 42
+
+
 def test_degenerate_boxes_are_removed_with_their_labels_and_attributes():
     config = TransformConfig(det_train_sizes=(40,), det_eval_size=40, det_max_size=400, min_box_size=2.0)
     attributes = np.array([[0, 1, 0, 1, 0, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0], [1, 0, 1, 0, 1, 0]])

@@ -75,6 +75,28 @@ def test_segmentation_dice_matches_hand_computation():
     assert result.metric == "Dice" and result.value == pytest.approx(expected)
 
 
+class FixedSizeMaskModel(nn.Module):
+    """Predicts a 64 x 64 mask (like a fixed ``qgmf_mask_size``) whose left half is foreground."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+
+    def forward(self, images, task, prompts=None, targets=None, image_mask=None):
+        logits = torch.full((images.shape[0], 1, 64, 64), -10.0)
+        logits[..., :32] = 10.0
+        return {"pred_masks": logits}
+
+
+def test_segmentation_resizes_fixed_size_masks_to_the_input():
+    # The 32 px inputs are covered by the whole 64 px prediction, not by its top-left 32 px corner.
+    mask = np.zeros((32, 32), bool)
+    mask[:, :16] = True
+    samples = [Sample(_image(), Task.SEGMENTATION, "t", "s0", mask=ArrayMask(mask))]
+    result = evaluate_task(FixedSizeMaskModel(), samples, Task.SEGMENTATION, SMALL)
+    assert result.value == pytest.approx(1.0)
+
+
 def test_classification_and_text_metrics():
     samples = [
         Sample(_image(), Task.CLASSIFICATION, "t", f"c{i}", cell_class=c) for i, c in enumerate([3, 3, 5, 7])
@@ -105,3 +127,41 @@ def test_eval_config_validation():
         EvalConfig(batch_size=0)
     with pytest.raises(ValueError, match="mask_threshold"):
         EvalConfig(mask_threshold=2.0)
+
+
+class OneQueryTwoClassesModel(nn.Module):
+    """Query 0 covers the left cell and scores high for two classes; query 1 is elsewhere and unsure."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+
+    def forward(self, images, task, prompts=None, targets=None, image_mask=None):
+        batch = images.shape[0]
+        logits = torch.full((batch, 2, 47), -10.0)
+        logits[:, 0, 3] = 5.0
+        logits[:, 0, 4] = 4.0
+        boxes = torch.tensor([[0.25, 0.5, 0.5, 1.0], [0.9, 0.9, 0.05, 0.05]]).expand(batch, 2, 4)
+        return {"pred_logits": logits, "pred_boxes": boxes, "pred_box_attributes": torch.zeros(batch, 2, 12)}
+
+
+def test_fov_morphology_scores_one_box_per_query():
+    boxes = np.array([[0, 0, 16, 32], [0, 1, 16, 32]], dtype=np.float32)  # two overlapping cells
+    sample = Sample(
+        _image(),
+        Task.FOV_MORPHOLOGY,
+        "t",
+        "f0",
+        boxes=boxes,
+        box_labels=[3, 4],
+        box_attributes=np.zeros((2, 6), int),
+    )
+    config = EvalConfig(
+        batch_size=1,
+        transforms=TransformConfig(det_train_sizes=(32,), det_eval_size=32, det_max_size=64),
+        pad_to_multiple=1,
+    )
+    result = evaluate_task(OneQueryTwoClassesModel(), [sample], Task.FOV_MORPHOLOGY, config)
+    assert result.details["cells_with_attributes"] == 2
+    assert result.details["cells_matched"] == 1
+    assert result.value == pytest.approx(0.5)

@@ -85,6 +85,12 @@ def test_rejects_bad_inputs() -> None:
             torch.full((1, 2, 4), 0.5),
             [{"labels": torch.tensor([3]), "boxes": torch.full((1, 4), 0.5)}],
         )
+    with pytest.raises(ValueError, match="label -1 outside"):  # the offending label, not the maximum
+        matcher(
+            torch.zeros(1, 2, 3),
+            torch.full((1, 2, 4), 0.5),
+            [{"labels": torch.tensor([-1, 2]), "boxes": torch.full((2, 4), 0.5)}],
+        )
     with pytest.raises(ValueError, match="2 target dicts for a batch of 1"):
         matcher(torch.zeros(1, 2, 3), torch.full((1, 2, 4), 0.5), [{}, {}])
     with pytest.raises(ValueError, match="all costs are 0"):

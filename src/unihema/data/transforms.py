@@ -157,6 +157,14 @@ def _normalise(config: TransformConfig) -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(config.mean), std=list(config.std))]
 
 
+def _detection_eval_resize(config: TransformConfig) -> v2.Transform:
+    if config.det_max_size == config.det_eval_size:
+        # The cap then always wins (the longer side is never shorter); torchvision's Resize rejects a
+        # cap equal to the shorter-side size, so resize the longer side to it directly.
+        return v2.Resize(None, max_size=config.det_max_size)
+    return v2.Resize(config.det_eval_size, max_size=config.det_max_size)
+
+
 def build_transforms(task: Task | str, train: bool, config: TransformConfig | None = None) -> v2.Compose:
     """The pipeline for ``task`` (training augmentation when ``train``, deterministic resizing otherwise)."""
     task = Task(task)
@@ -167,7 +175,7 @@ def build_transforms(task: Task | str, train: bool, config: TransformConfig | No
         if train:
             steps.append(v2.RandomShortestSize(list(config.det_train_sizes), max_size=config.det_max_size))
         else:
-            steps.append(v2.Resize(config.det_eval_size, max_size=config.det_max_size))
+            steps.append(_detection_eval_resize(config))
         steps += flips
         if train:
             steps += _color_jitter(config)

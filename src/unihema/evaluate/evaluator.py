@@ -7,7 +7,7 @@ here from the model's raw outputs (see :mod:`unihema.model.unihema` for the outp
 - FoV morphology: each cell takes the attributes of the best-scoring detection that overlaps it with
   IoU >= 0.5 (among detections scoring at least ``attribute_score_threshold``), argmax per attribute
   group; cells no detection reaches count as wrong;
-- segmentation: sigmoid > 0.5 on the unpadded area;
+- segmentation: sigmoid > 0.5 on the unpadded area, after resizing the mask to the padded input size;
 - classification: argmax; cell morphology: argmax per attribute group;
 - VQA / MLM: text generated from the fused image-and-text states.
 """
@@ -122,6 +122,19 @@ def decode_detections(
     return results
 
 
+def mask_logits_at_input(pred_masks: torch.Tensor, padded_size: Sequence[int]) -> torch.Tensor:
+    """``pred_masks`` (B, 1, h, w) resized (bilinear, as in the training loss) to the padded input size.
+
+    A model configured with a fixed mask size (``qgmf_mask_size`` an integer) predicts over the whole
+    padded input at that resolution, so it must be resized before each image's unpadded area is cropped.
+    """
+    logits = pred_masks.float()
+    size = tuple(int(v) for v in padded_size)
+    if tuple(logits.shape[-2:]) != size:
+        logits = torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return logits
+
+
 def _batches(samples: Sequence[Sample], task: Task, config: EvalConfig) -> Iterable[dict[str, Any]]:
     from unihema.data.loader import build_loader
 
@@ -179,7 +192,13 @@ def _collect_detection(model, samples, task, config, device) -> TaskResult:
             )
             if task is Task.FOV_MORPHOLOGY:
                 confident = (detections["scores"] >= config.attribute_score_threshold).cpu().numpy()
-                kept_queries = detections["queries"].cpu().numpy()[confident]
+                # One box per query (its best class): a query's other classes would let one box claim
+                # two overlapping cells.
+                queries = detections["queries"].cpu().numpy()
+                best_class_of_query = np.zeros(len(queries), dtype=bool)
+                best_class_of_query[np.unique(queries, return_index=True)[1]] = True
+                confident &= best_class_of_query
+                kept_queries = queries[confident]
                 matches = metrics.match_detections(prediction.boxes[confident], gt_boxes)
                 flat = outputs["pred_box_attributes"][i]
                 decoded_attributes = decode_attributes(flat, FOV_ATTRIBUTES).cpu().numpy()
@@ -221,7 +240,7 @@ def _collect_segmentation(model, samples, task, config, device) -> TaskResult:
     for batch in _batches(samples, task, config):
         images, image_mask = _to_device(batch, device)
         outputs = model(images, task, prompts=batch["prompts"], image_mask=image_mask)
-        probabilities = outputs["pred_masks"].float().sigmoid()[:, 0].cpu()
+        probabilities = mask_logits_at_input(outputs["pred_masks"], images.shape[-2:]).sigmoid()[:, 0].cpu()
         for i, target in enumerate(batch["targets"]):
             height, width = target["mask"].shape[-2:]
             predicted.append((probabilities[i, :height, :width] > config.mask_threshold).numpy())

@@ -117,9 +117,10 @@ class HungarianMatcher:
                 empty = torch.zeros(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))
                 continue
-            if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+            bad = labels[(labels < 0) | (labels >= num_classes)]
+            if bad.numel():
                 raise ValueError(
-                    f"matcher: image {image} has label {int(labels.max())} outside the {num_classes} predicted classes"
+                    f"matcher: image {image} has label {int(bad[0])} outside the {num_classes} predicted classes"
                 )
             cost = matching_cost(pred_logits[image], pred_boxes[image], labels, target["boxes"], self.config)
             cost = torch.nan_to_num(

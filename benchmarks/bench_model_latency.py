@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from benchmark_doc import write_section
 
 from unihema.model.unihema import UniHema
 
@@ -102,20 +101,6 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the section starting with :data:`SECTION_TITLE` up to the next ``## `` heading (or append)."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text.rstrip("\n") + "\n")
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "paper"], choices=["tiny", "paper"])
@@ -133,7 +118,7 @@ def main() -> None:
     print()
     print(section)
     if args.write_doc:
-        write_section(args.write_doc, section)
+        write_section(args.write_doc, SECTION_TITLE, section)
 
 
 if __name__ == "__main__":

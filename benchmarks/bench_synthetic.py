@@ -20,18 +20,17 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from benchmark_doc import write_section
 
 from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 SECTION = "## Synthetic corpus generation"
-DOC_HEADER = "# Benchmarks\n"
 TARGET_SECONDS_PER_1000 = 60.0  # the requirement: 1,000 fields at 256x256 in under a minute
 
 
@@ -195,30 +194,6 @@ def _processes(n: int) -> str:
     return "one process" if n == 1 else f"{n} processes"
 
 
-def replace_section(doc: str, new_section: str) -> str:
-    """``doc`` with the synthetic section replaced (or appended); other sections are left untouched."""
-    if not doc.strip():
-        doc = DOC_HEADER
-    start = doc.find(SECTION + "\n")
-    if start < 0:
-        return doc.rstrip("\n") + "\n\n" + new_section
-    end = doc.find("\n## ", start + len(SECTION))
-    tail = "" if end < 0 else doc[end + 1 :]
-    return doc[:start] + new_section + ("\n" + tail if tail else "")
-
-
-def write_doc(text: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=DOC.parent, prefix=".benchmarks.", suffix=".md")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, DOC)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-images", type=int, default=1000, help="fields generated per size (default 1000)")
@@ -261,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "python benchmarks/bench_synthetic.py" + "".join(
             " " + shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
         )
-        doc = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
-        write_doc(replace_section(doc, section(results, command, learn)))
+        write_section(DOC, SECTION, section(results, command, learn))
         print(f"wrote {DOC}")
     return 0
 

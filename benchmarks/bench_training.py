@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+from benchmark_doc import write_section
 
 from unihema.data.loader import build_loader
 from unihema.data.schema import Task
@@ -112,20 +111,6 @@ def markdown(rows: list[tuple[str, int, str, float, float]], args: argparse.Name
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the section starting with :data:`SECTION_TITLE` up to the next ``## `` heading (or append)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
@@ -166,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(rows, args, command)
     print(section)
     if args.write_doc:
-        write_section(args.write_doc, section)
+        write_section(args.write_doc, SECTION_TITLE, section)
     return 0
 
 

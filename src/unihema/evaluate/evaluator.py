@@ -25,6 +25,7 @@ from torchvision.ops import box_convert
 from unihema.data.schema import Sample, Task
 from unihema.data.vocab import CELL_ATTRIBUTES, FOV_ATTRIBUTES
 from unihema.evaluate import metrics
+from unihema.model.heads import attribute_slices
 
 TASK_METRICS: dict[Task, str] = {
     Task.DETECTION: "mAP50",
@@ -83,18 +84,9 @@ class TaskResult:
     examples: list[dict[str, Any]] = field(default_factory=list)
 
 
-def attribute_slices(schema: Sequence[tuple[str, Sequence[str]]]) -> list[slice]:
-    """Slices of each attribute group inside a flat logit vector laid out in schema order."""
-    slices, start = [], 0
-    for _, values in schema:
-        slices.append(slice(start, start + len(values)))
-        start += len(values)
-    return slices
-
-
 def decode_attributes(flat_logits: torch.Tensor, schema: Sequence[tuple[str, Sequence[str]]]) -> torch.Tensor:
     """Argmax per attribute group: (..., sum(values)) -> (..., n_attributes) int64."""
-    return torch.stack([flat_logits[..., s].argmax(-1) for s in attribute_slices(schema)], dim=-1)
+    return torch.stack([flat_logits[..., s].argmax(-1) for s in attribute_slices(schema).values()], dim=-1)
 
 
 def decode_detections(

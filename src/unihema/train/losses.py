@@ -31,6 +31,7 @@ from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from unihema.data.schema import UNKNOWN, Task
 from unihema.data.vocab import CELL_ATTRIBUTES, FOV_ATTRIBUTES
+from unihema.model import heads
 from unihema.train.distributed import per_rank_normaliser
 from unihema.train.matcher import HungarianMatcher, MatcherConfig
 
@@ -123,12 +124,8 @@ class LossConfig:
 
 
 def attribute_slices(schema: tuple[tuple[str, tuple[str, ...]], ...]) -> list[slice]:
-    """Column slice of each attribute group in a flat ``(..., sum(values))`` logit tensor."""
-    slices, start = [], 0
-    for _, values in schema:
-        slices.append(slice(start, start + len(values)))
-        start += len(values)
-    return slices
+    """Column slice of each attribute group in a flat ``(..., sum(values))`` logit tensor, in schema order."""
+    return list(heads.attribute_slices(schema).values())
 
 
 def attribute_ce_sum(logits: torch.Tensor, targets: torch.Tensor, schema) -> torch.Tensor:

@@ -573,3 +573,29 @@ def test_written_corpus_is_read_by_the_coco_reader(tmp_path) -> None:
         assert sample.split == split
         assert sorted(map(tuple, sample.boxes.tolist())) == sorted(map(tuple, fov.boxes.tolist()))
         assert sorted(sample.box_labels.tolist()) == sorted(fov.labels.tolist())
+
+
+def test_tight_crops_centre_their_cell_and_scale_with_it() -> None:
+    # Wide fixed windows (crop_scale 1, crop_size 48 on 7 px red cells) hold several cells, and a red-cell
+    # crop and a platelet crop then look alike; tight windows make the labelled cell fill the crop.
+    corpus = SyntheticCorpus(
+        SyntheticConfig(n_images=6, image_size=128, rbc_radius=7.0, crop_size=16, crop_scale=1.6)
+    )
+    samples = corpus.samples(Task.CLASSIFICATION, "train") + corpus.samples(Task.CLASSIFICATION, "test")
+    assert samples
+    for sample in samples:
+        x0, y0, x1, y1 = sample.extra["crop"]
+        fov = corpus.field(sample.extra["field_index"])
+        cell = fov.cells[sample.extra["cell_index"]]
+        bx0, by0, bx1, by1 = cell.box.tolist()
+        side = x1 - x0
+        assert side == y1 - y0
+        assert x0 <= bx0 and y0 <= by0 and bx1 <= x1 and by1 <= y1, "the crop holds its whole cell"
+        extent = max(bx1 - bx0, by1 - by0)
+        assert side == min(max(16, int(np.ceil(extent * 1.6)) + 4), 128)
+        inside_border = x0 > 0 and y0 > 0 and x1 < 128 and y1 < 128
+        if inside_border:
+            assert abs((x0 + x1) / 2 - (bx0 + bx1) / 2) <= 1.0
+            assert abs((y0 + y1) / 2 - (by0 + by1) / 2) <= 1.0
+    with pytest.raises(ValueError, match="crop_scale"):
+        SyntheticConfig(crop_scale=0.5)

@@ -165,3 +165,102 @@ def test_fov_morphology_scores_one_box_per_query():
     assert result.details["cells_with_attributes"] == 2
     assert result.details["cells_matched"] == 1
     assert result.value == pytest.approx(0.5)
+
+
+class QueueDetector(nn.Module):
+    """Returns, batch after batch, the ground truth of the samples it was given, in the model's output
+    convention (cxcywh normalised to each unpadded image): an oracle for the coordinate frames."""
+
+    def __init__(self, samples, num_classes: int = 4, num_queries: int = 6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.samples, self.num_classes, self.num_queries = list(samples), num_classes, num_queries
+
+    def forward(self, images, task, prompts=None, targets=None, image_mask=None):
+        batch = [self.samples.pop(0) for _ in range(images.shape[0])]
+        logits = torch.full((len(batch), self.num_queries, self.num_classes), -10.0)
+        boxes = torch.full((len(batch), self.num_queries, 4), 0.5)
+        for i, sample in enumerate(batch):
+            height, width = sample.image_size
+            xyxy = torch.as_tensor(sample.boxes) / torch.tensor([width, height, width, height])
+            n = len(xyxy)
+            boxes[i, :n] = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], dim=1)
+            logits[i, torch.arange(n), torch.as_tensor(sample.box_labels)] = 10.0
+        return {"pred_logits": logits, "pred_boxes": boxes}
+
+
+def test_detection_coordinate_frames_round_trip_on_padded_batches():
+    # Images of different sizes and aspect ratios share a padded batch and are resized by the detection
+    # pipeline; the oracle's boxes must score mAP 1 in original-image pixels.
+    samples = []
+    for i, (height, width) in enumerate([(60, 90), (90, 60), (48, 48)]):
+        boxes = np.array([[5, 8, 25, 30], [width - 20, height - 25, width - 2, height - 3]], np.float32)
+        samples.append(
+            Sample(
+                ArrayImage(np.full((height, width, 3), 128, np.uint8)), Task.DETECTION, "t", f"d{i}",
+                prompt="p", boxes=boxes, box_labels=np.array([1, 3]), image_size=(height, width),
+            )
+        )  # fmt: skip
+    config = EvalConfig(
+        batch_size=3, transforms=TransformConfig(det_eval_size=64, det_max_size=80), pad_to_multiple=32
+    )
+    result = evaluate_task(QueueDetector(samples), samples, Task.DETECTION, config)
+    assert result.value == pytest.approx(1.0)
+    # Shifted by a quarter of each box, the same oracle falls below IoU 0.5 on some boxes.
+    shifted = [
+        Sample(s.image, s.task, s.dataset, s.sample_id, prompt="p", boxes=s.boxes + 9.0,
+               box_labels=s.box_labels, image_size=s.image_size)
+        for s in samples
+    ]  # fmt: skip
+    assert evaluate_task(QueueDetector(shifted), samples, Task.DETECTION, config).value < 0.9
+
+
+class LookingModel(ConstantModel):
+    """Answers with the mean brightness of its image: right only when the image is the question's own."""
+
+    def generate_text(self, images, prompts, image_mask=None, num_beams=1, max_new_tokens=32):
+        return [f"level {int(round(float(im.mean()) * 10))}" for im in images]
+
+
+def test_shuffled_images_separate_a_model_that_looks_from_one_that_does_not():
+    levels = [20, 60, 100, 140, 180, 220]
+    samples = [
+        Sample(ArrayImage(np.full((32, 32, 3), v, np.uint8)), Task.VQA, "t", f"q{i}", prompt="Q: level?")
+        for i, v in enumerate(levels)
+    ]
+    looking = LookingModel()
+    expected = looking.generate_text(
+        torch.stack([evaluate_image(s) for s in samples]), ["Q: level?"] * len(samples)
+    )
+    samples = [
+        Sample(s.image, s.task, s.dataset, s.sample_id, prompt=s.prompt, text_target=answer)
+        for s, answer in zip(samples, expected)
+    ]
+    seeing = evaluate_task(looking, samples, Task.VQA, SMALL).details
+    assert seeing["exact_match"] == 1.0
+    assert seeing["exact_match_shuffled_images"] == 0.0 and seeing["answers_changed_by_shuffling"] == 1.0
+    blind = evaluate_task(ConstantModel(), samples, Task.VQA, SMALL).details
+    assert blind["exact_match"] == blind["exact_match_shuffled_images"]
+    assert blind["answers_changed_by_shuffling"] == 0.0
+
+
+def evaluate_image(sample):
+    """The normalised tensor the evaluation pipeline feeds the model for ``sample``."""
+    from unihema.data.loader import build_loader
+
+    batch = next(iter(build_loader([sample], Task.VQA, batch_size=1, train=False,
+                                   transform_config=SMALL.transforms)))  # fmt: skip
+    return batch["images"][0]
+
+
+def test_shuffled_images_is_a_derangement():
+    from unihema.evaluate.evaluator import shuffled_images
+
+    samples = [
+        Sample(ArrayImage(np.full((4, 4, 3), i, np.uint8)), Task.VQA, "t", f"q{i}", prompt=f"Q{i}")
+        for i in range(7)
+    ]
+    paired = shuffled_images(samples, seed=3)
+    assert [p.prompt for p in paired] == [s.prompt for s in samples]
+    donors = [int(p.image.load().getpixel((0, 0))[0]) for p in paired]
+    assert sorted(donors) == list(range(7)) and all(d != i for i, d in enumerate(donors))

@@ -32,11 +32,21 @@ def test_report_json_and_markdown(tmp_path):
 
 def test_overlays_change_pixels_where_drawn():
     image = Image.new("RGB", (40, 40), (255, 255, 255))
-    boxed = np.asarray(draw_detections(image, np.array([[5, 5, 30, 30]]), [0], [0.9]))
+    boxed = np.asarray(draw_detections(image, np.array([[5, 5, 30, 30]]), [0], [0.9], min_side=40))
+    assert boxed.shape == (40, 40, 3)
     assert (boxed[5, 10] != 255).any() and (boxed[20, 20] == 255).all()
     mask = np.zeros((40, 40), bool)
     mask[:10] = True
     blended = np.asarray(draw_mask(image, mask))
-    assert (blended[:10] != 255).any() and (blended[10:] == 255).all()
+    scale = blended.shape[0] // 40
+    assert (blended[: 10 * scale] != 255).any() and (blended[10 * scale :] == 255).all()
+
+
+def test_small_fields_are_upscaled_so_boxes_stay_on_their_cells():
+    image = Image.new("RGB", (128, 96), (255, 255, 255))
+    boxed = np.asarray(draw_detections(image, np.array([[10, 20, 30, 40]]), [0], None))
+    # The shorter side reaches 512 px by an integer factor; the box is drawn at the scaled position.
+    assert boxed.shape == (96 * 6, 128 * 6, 3)
+    assert (boxed[20 * 6, 15 * 6] != 255).any() and (boxed[30 * 6, 20 * 6] == 255).all()
     with pytest.raises(ValueError, match="mask shape"):
         draw_mask(image, np.zeros((3, 3), bool))

@@ -224,7 +224,10 @@ class SyntheticConfig:
             abnormal_field_fraction`` must not exceed 1, the remaining fields are healthy.
         abnormal_rbc_fraction: ``(low, high)`` fraction of red cells with an abnormal shape in a
             red-cell-disorder field (mostly the field's dominant shape, some of the others).
-        crop_size: side in pixels of single-cell crops (larger cells get a larger square window).
+        crop_size: smallest side in pixels of single-cell crops (larger cells get a larger square window).
+        crop_scale: a crop's side is at least this multiple of its cell's box side (plus 4 px), so the
+            cell fills the crop as in real single-cell datasets; 1.0 with a large ``crop_size`` gives
+            wide windows in which neighbouring cells take up much of the crop.
         abnormal_rbc_crops_per_field: abnormal or infected red cells cropped per field for classification
             (at most; keeps the red-cell classes from swamping the white-cell ones).
         rbc_crops_per_field: normal red cells cropped per field for classification.
@@ -255,6 +258,7 @@ class SyntheticConfig:
     abnormal_field_fraction: float = 0.35
     abnormal_rbc_fraction: tuple[float, float] = (0.2, 0.5)
     crop_size: int = 64
+    crop_scale: float = 1.0
     abnormal_rbc_crops_per_field: int = 4
     rbc_crops_per_field: int = 2
     platelet_crops_per_field: int = 1
@@ -307,6 +311,8 @@ class SyntheticConfig:
                 fail(name, "must be in [0, 1]")
         if self.malaria_fraction + self.abnormal_field_fraction > 1.0 + 1e-9:
             fail("abnormal_field_fraction", "malaria_fraction + abnormal_field_fraction must be <= 1")
+        if not (isinstance(self.crop_scale, (int, float)) and 1.0 <= self.crop_scale <= 4.0):
+            fail("crop_scale", "must be a number in [1, 4]")
         if not 8 <= self.crop_size <= min(self.image_size):
             fail("crop_size", f"must be between 8 and the smallest image side ({min(self.image_size)})")
         for name in ("abnormal_rbc_crops_per_field", "rbc_crops_per_field", "platelet_crops_per_field"):
@@ -1409,7 +1415,8 @@ class SyntheticCorpus:
     def _crop_window(self, cell: SyntheticCell) -> tuple[int, int, int, int]:
         height, width = self.config.height, self.config.width
         x0, y0, x1, y1 = cell.box.tolist()
-        side = max(self.config.crop_size, int(math.ceil(max(x1 - x0, y1 - y0))) + 4)
+        extent = max(x1 - x0, y1 - y0) * self.config.crop_scale
+        side = max(self.config.crop_size, int(math.ceil(extent)) + 4)
         side = min(side, height, width)
         cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
         left = int(min(max(round(cx - side / 2.0), 0), width - side))

@@ -14,6 +14,7 @@ here from the model's raw outputs (see :mod:`unihema.model.unihema` for the outp
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,9 @@ class EvalConfig:
         transforms: input sizes and normalisation (a :class:`unihema.data.transforms.TransformConfig`);
             ``None`` uses its defaults. Use the training run's so evaluation sees the same scale.
         pad_to_multiple: batches are padded to a multiple of this many pixels (as in training).
+        shuffled_image_check: also answer every VQA question with another sample's image and report the
+            exact-match rate (``exact_match_shuffled_images``) and the share of answers that changed: the
+            gap to ``exact_match`` shows how much the answers depend on the image.
     """
 
     batch_size: int = 8
@@ -63,6 +67,7 @@ class EvalConfig:
     max_new_tokens: int = 64
     transforms: Any = None
     pad_to_multiple: int = 32
+    shuffled_image_check: bool = True
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_detections", "num_beams", "max_new_tokens"):
@@ -263,8 +268,8 @@ def _collect_classification(model, samples, task, config, device) -> TaskResult:
     return TaskResult(task, TASK_METRICS[task], scored["f1"], details)
 
 
-def _collect_text(model, samples, task, config, device) -> TaskResult:
-    hypotheses, references, examples = [], [], []
+def _generate(model, samples, task, config, device) -> tuple[list[str], list[str], list[str]]:
+    hypotheses, references, prompts = [], [], []
     for batch in _batches(samples, task, config):
         images, image_mask = _to_device(batch, device)
         answers = model.generate_text(
@@ -273,13 +278,49 @@ def _collect_text(model, samples, task, config, device) -> TaskResult:
         )  # fmt: skip
         hypotheses.extend(answers)
         references.extend(t["text"] for t in batch["targets"])
-        for prompt, answer, target in zip(batch["prompts"], answers, batch["targets"]):
-            if len(examples) < 6:
-                examples.append({"prompt": prompt, "answer": answer, "reference": target["text"]})
-    exact = float(np.mean([h.strip().lower() == r.strip().lower() for h, r in zip(hypotheses, references)]))
-    return TaskResult(
-        task, TASK_METRICS[task], metrics.bleu4(hypotheses, references), {"exact_match": exact}, examples
-    )
+        prompts.extend(batch["prompts"])
+    return hypotheses, references, prompts
+
+
+def shuffled_images(samples: Sequence[Sample], seed: int = 0) -> list[Sample]:
+    """The same questions, each paired with the image of another sample (a random derangement).
+
+    Scoring a model on these tells whether its answers depend on the image: a model that has learned
+    only the answer prior of each question scores the same with and without the right image.
+    """
+    count = len(samples)
+    if count < 2:
+        return list(samples)
+    order = np.random.default_rng(seed).permutation(count)
+    donors = np.roll(order, 1)  # order[i] takes the image of order[i - 1]: nobody keeps its own
+    paired = [None] * count
+    for receiver, donor in zip(order, donors):
+        paired[receiver] = dataclasses.replace(
+            samples[receiver], image=samples[donor].image, image_size=samples[donor].image_size
+        )
+    return paired
+
+
+def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of answers equal to the reference, ignoring case and surrounding space."""
+    if not references:
+        return 0.0
+    return float(np.mean([h.strip().lower() == r.strip().lower() for h, r in zip(hypotheses, references)]))
+
+
+def _collect_text(model, samples, task, config, device) -> TaskResult:
+    hypotheses, references, prompts = _generate(model, samples, task, config, device)
+    examples = [
+        {"prompt": p, "answer": h, "reference": r} for p, h, r in list(zip(prompts, hypotheses, references))[:6]
+    ]
+    details: dict[str, Any] = {"exact_match": exact_match(hypotheses, references)}
+    if task is Task.VQA and config.shuffled_image_check:
+        shuffled, _, _ = _generate(model, shuffled_images(samples), task, config, device)
+        details["exact_match_shuffled_images"] = exact_match(shuffled, references)
+        details["answers_changed_by_shuffling"] = float(
+            np.mean([a.strip().lower() != b.strip().lower() for a, b in zip(hypotheses, shuffled)])
+        )
+    return TaskResult(task, TASK_METRICS[task], metrics.bleu4(hypotheses, references), details, examples)
 
 
 _COLLECTORS = {

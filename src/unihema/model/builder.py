@@ -81,9 +81,12 @@ def build_components(
             ffn=h.cmf_ffn,
             ffn_dim=h.cmf_ffn_dim,
             residual=h.cmf_residual,
+            backbone_channels=backbone.out_channels[-1] if h.cmf_backbone_c5 else None,
         ),
         "tgvr": TextGuidedVisualRefinement(d, n, h.tgvr_num_heads, h.tgvr_mode),
-        "scfe": SingleCellFeatureExtractor(d, h.scfe_inputs),
+        "scfe": SingleCellFeatureExtractor(
+            d, h.scfe_inputs, h.scfe_pooling, v.num_heads, backbone.out_channels[-1]
+        ),
         "qgmf": qgmf,
         "box_attribute_head": AttributeHead(d, FOV_ATTRIBUTES, heads.box_attribute_hidden_dim),
         "cell_class_head": CellClassHead(

@@ -36,7 +36,8 @@ ALL_BACKBONE_LAYERS = 5
 FEED_FORWARD_PROJ = ("relu", "gated-gelu", "gelu", "gated-relu", "gated-silu", "silu")
 CMF_ORDERS = ("text_first", "image_first")
 TGVR_MODES = ("concat", "gate")
-SCFE_INPUTS = ("encoder_mean", "encoder_mean+backbone")
+SCFE_INPUTS = ("encoder_mean", "encoder_mean+backbone", "encoder_mean+backbone_c5")
+SCFE_POOLINGS = ("mean", "attention")
 QGMF_QUERIES = ("first", "top_scoring")
 QGMF_STYLES = ("paper", "upstream")
 QGMF_INPUT_SIZE = "input"
@@ -315,12 +316,20 @@ class HemaFormerConfig:
         cmf_residual: add the text-encoder states E_E^T to the projected CMF output (code) or return the
             projection alone (paper). The output is always projected from M to the text width N.
         cmf_num_heads: attention heads of the CMF cross-attentions.
+        cmf_backbone_c5: let the CMF image attention also read the raw last backbone level (linearly
+            projected) beside E_B^I. Off in the paper; from scratch it makes the answers depend on the image
+            much sooner (``docs/training.md``).
         tgvr_mode: ``"concat"`` (eq. 3: concatenate the queries with their text cross-attention and
             project) or ``"gate"`` (the code: per-channel sigmoid gate mixing query and attention).
         tgvr_num_heads: attention heads of the TGVR cross-attention.
         scfe_inputs: ``"encoder_mean"`` (learned query concatenated with the mean of the encoder tokens,
             as in the paper) or ``"encoder_mean+backbone"`` (additionally the mean of the projected
-            level-0 backbone tokens, the ablation's "backbone + SCFE features").
+            level-0 backbone tokens, the ablation's "backbone + SCFE features") or
+            ``"encoder_mean+backbone_c5"`` (additionally the mean of the raw last backbone level, before
+            the input projection's GroupNorm removes each image's channel means).
+        scfe_pooling: how SCFE summarises the encoder tokens: ``"mean"`` (the paper) or ``"attention"``
+            (the learned query attends to the tokens; learns much faster from scratch, see
+            ``docs/training.md``).
         qgmf_query: which decoder query gives the mask (eq. 5): ``"first"`` (the paper: the first query;
             queries are ordered by their encoder-proposal score, so it is the most object-like proposal)
             or ``"top_scoring"`` (the query with the highest final-layer class score).
@@ -343,9 +352,11 @@ class HemaFormerConfig:
     cmf_ffn_dim: int = 1024
     cmf_residual: bool = False
     cmf_num_heads: int = 8
+    cmf_backbone_c5: bool = False
     tgvr_mode: str = "concat"
     tgvr_num_heads: int = 8
     scfe_inputs: str = "encoder_mean"
+    scfe_pooling: str = "mean"
     qgmf_query: str = "first"
     qgmf_mask_size: str | int = QGMF_INPUT_SIZE
     qgmf_mlp_layers: int = 3
@@ -375,6 +386,18 @@ class HemaFormerConfig:
             f"{prefix}scfe_inputs",
             f"must be one of {SCFE_INPUTS}",
             self.scfe_inputs,
+        )
+        _require(
+            isinstance(self.cmf_backbone_c5, bool),
+            f"{prefix}cmf_backbone_c5",
+            "must be true or false",
+            self.cmf_backbone_c5,
+        )
+        _require(
+            self.scfe_pooling in SCFE_POOLINGS,
+            f"{prefix}scfe_pooling",
+            f"must be one of {SCFE_POOLINGS}",
+            self.scfe_pooling,
         )
         _require(
             self.qgmf_query in QGMF_QUERIES,

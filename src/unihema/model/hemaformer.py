@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unihema.model.backbone import groupnorm_groups
+from unihema.model.configuration import SCFE_INPUTS, SCFE_POOLINGS
 from unihema.model.heads import BinaryMaskHead
 from unihema.model.image_decoder import MLP
 
@@ -129,6 +130,10 @@ class CrossModalFusion(nn.Module):
         ffn_dim: its width.
         residual: add E_E^T to the projected output (authors' code).
         dropout: attention dropout.
+        backbone_channels: when given, the image attention also reads the raw last backbone level
+            (``backbone_tokens`` in :meth:`forward`), linearly projected to width M. Near-uniform attention
+            over the GroupNorm'ed projected tokens returns almost the same vector for every image, which lets
+            a text-only answer prior win; the raw level keeps what differs between images.
     """
 
     def __init__(
@@ -143,10 +148,12 @@ class CrossModalFusion(nn.Module):
         ffn_dim: int = 1024,
         residual: bool = False,
         dropout: float = 0.0,
+        backbone_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.queries = nn.Parameter(torch.randn(max_text_length, d_model) * QUERY_INIT_STD)
         self.img_proj = nn.Linear(d_model, d_model)
+        self.backbone_proj = nn.Linear(backbone_channels, d_model) if backbone_channels else None
         self.txt_proj = nn.Linear(text_dim, d_model)
         self.layers = nn.ModuleList(
             _CMFBlock(d_model, num_heads, order, ffn, ffn_dim, dropout) for _ in range(num_layers)
@@ -160,6 +167,8 @@ class CrossModalFusion(nn.Module):
         text_mask: Tensor | None,
         image_tokens: Tensor,
         image_padding: Tensor | None,
+        backbone_tokens: Tensor | None = None,
+        backbone_padding: Tensor | None = None,
     ) -> Tensor:
         """Fuse.
 
@@ -168,6 +177,9 @@ class CrossModalFusion(nn.Module):
             text_mask: (B, L), 1 on tokens, 0 on padding; ``None`` attends to every position.
             image_tokens: E_B^I (B, S, M) flattened projected backbone levels.
             image_padding: (B, S) True on padded image area; ``None`` attends everywhere.
+            backbone_tokens: (B, S5, C5) raw last backbone level; required when the module was built
+                with ``backbone_channels``, ignored otherwise.
+            backbone_padding: (B, S5) True on padded area.
 
         Returns:
             E_W^T (B, L, N).
@@ -178,6 +190,15 @@ class CrossModalFusion(nn.Module):
         queries = self.queries[:length].unsqueeze(0).expand(text_states.shape[0], -1, -1)
         text = self.txt_proj(text_states)
         image = self.img_proj(image_tokens)
+        if self.backbone_proj is not None:
+            if backbone_tokens is None:
+                raise ValueError("this CMF reads the raw backbone level: pass backbone_tokens")
+            image = torch.cat((image, self.backbone_proj(backbone_tokens.to(image.dtype))), dim=1)
+            if image_padding is not None:
+                padding = backbone_padding
+                if padding is None:
+                    padding = image_padding.new_zeros(backbone_tokens.shape[:2])
+                image_padding = torch.cat((image_padding, padding), dim=1)
         text_padding = _key_padding(text_mask)
         for layer in self.layers:
             queries = layer(queries, text, text_padding, image, image_padding)
@@ -234,23 +255,52 @@ class TextGuidedVisualRefinement(nn.Module):
 
 
 class SingleCellFeatureExtractor(nn.Module):
-    """SCFE: E_Z = P([q || mean(E_E^I)]) (+ ``|| mean(E_B^I level 0)`` with ``"encoder_mean+backbone"``).
+    """SCFE: E_Z = P([q || pool(E_E^I)] (+ extra backbone summary)).
 
-    The mean ignores padded tokens. The learned query q acts as a learned bias of the projection (the
-    authors' "cls token" never attends to anything either); it is kept for fidelity with the paper.
+    ``pooling="mean"`` (the paper) averages the encoder tokens, ignoring padding; the learned query q then
+    acts as a learned bias of the projection (the authors' "cls token" never attends to anything either).
+    ``pooling="attention"`` lets q attend to the encoder tokens (multi-head attention, padding masked), so
+    it reads what the tokens hold instead of their average. Why this matters: the input projection ends
+    in GroupNorm, which removes each image's per-channel spatial mean, so the mean of the tokens carries
+    almost nothing that tells one cell from another (``docs/training.md``).
+
+    ``inputs``: ``"encoder_mean"`` (the paper), ``"encoder_mean+backbone"`` (also the mean of the projected
+    level-0 backbone tokens) or ``"encoder_mean+backbone_c5"`` (also the mean of the raw, un-normalised
+    last backbone level: the ablation's "backbone + SCFE features" without the GroupNorm in between).
 
     Args:
         d_model: width M.
-        inputs: ``"encoder_mean"`` or ``"encoder_mean+backbone"``.
+        inputs: one of :data:`SCFE_INPUTS`.
+        pooling: one of :data:`SCFE_POOLINGS`.
+        num_heads: heads of the attention pooling.
+        backbone_channels: channels of the last backbone level (``"encoder_mean+backbone_c5"`` only).
     """
 
-    def __init__(self, d_model: int, inputs: str = "encoder_mean") -> None:
+    def __init__(
+        self,
+        d_model: int,
+        inputs: str = "encoder_mean",
+        pooling: str = "mean",
+        num_heads: int = 8,
+        backbone_channels: int | None = None,
+    ) -> None:
         super().__init__()
-        if inputs not in ("encoder_mean", "encoder_mean+backbone"):
-            raise ValueError(f"SCFE inputs must be 'encoder_mean' or 'encoder_mean+backbone', got {inputs!r}")
+        if inputs not in SCFE_INPUTS:
+            raise ValueError(f"SCFE inputs must be one of {SCFE_INPUTS}, got {inputs!r}")
+        if pooling not in SCFE_POOLINGS:
+            raise ValueError(f"SCFE pooling must be one of {SCFE_POOLINGS}, got {pooling!r}")
+        if inputs == "encoder_mean+backbone_c5" and not backbone_channels:
+            raise ValueError("SCFE inputs 'encoder_mean+backbone_c5' needs backbone_channels")
         self.inputs = inputs
+        self.pooling = pooling
         self.query = nn.Parameter(torch.randn(d_model) * QUERY_INIT_STD)
-        parts = 3 if inputs == "encoder_mean+backbone" else 2
+        self.attention = (
+            nn.MultiheadAttention(d_model, num_heads, batch_first=True) if pooling == "attention" else None
+        )
+        self.backbone_proj = (
+            nn.Linear(backbone_channels, d_model) if inputs == "encoder_mean+backbone_c5" else None
+        )
+        parts = 2 if inputs == "encoder_mean" else 3
         self.proj = nn.Linear(parts * d_model, d_model)
 
     def forward(
@@ -260,13 +310,25 @@ class SingleCellFeatureExtractor(nn.Module):
         backbone_tokens: Tensor | None = None,
         backbone_padding: Tensor | None = None,
     ) -> Tensor:
-        """``memory`` (B, S, M) encoder tokens (+ level-0 projected backbone tokens (B, S0, M)) -> (B, M)."""
-        pooled = masked_mean(memory, padding_mask)
-        parts = [self.query.to(pooled.dtype).expand_as(pooled), pooled]
-        if self.inputs == "encoder_mean+backbone":
+        """``memory`` (B, S, M) encoder tokens -> (B, M).
+
+        ``backbone_tokens``: level-0 projected tokens (B, S0, M) for ``"encoder_mean+backbone"``, raw last
+        backbone level tokens (B, S5, C5) for ``"encoder_mean+backbone_c5"``; ``backbone_padding`` their
+        padding mask.
+        """
+        query = self.query.to(memory.dtype)
+        if self.attention is None:
+            pooled = masked_mean(memory, padding_mask)
+        else:
+            q = query.expand(memory.shape[0], 1, -1)
+            pooled = self.attention(q, memory, memory, key_padding_mask=padding_mask, need_weights=False)[0]
+            pooled = pooled[:, 0]
+        parts = [query.expand_as(pooled), pooled]
+        if self.inputs != "encoder_mean":
             if backbone_tokens is None:
-                raise ValueError("SCFE with inputs='encoder_mean+backbone' needs backbone_tokens")
-            parts.append(masked_mean(backbone_tokens, backbone_padding).to(pooled.dtype))
+                raise ValueError(f"SCFE with inputs={self.inputs!r} needs backbone_tokens")
+            summary = masked_mean(backbone_tokens, backbone_padding).to(pooled.dtype)
+            parts.append(summary if self.backbone_proj is None else self.backbone_proj(summary))
         return self.proj(torch.cat(parts, dim=-1))
 
 

@@ -161,10 +161,14 @@ class UniHema(nn.Module):
         return self.text.encode(ids, mask), mask
 
     def _forward_cell(self, images: Tensor, image_mask: Tensor) -> dict[str, Any]:
-        _, projected, masks = self._features(images, image_mask)
+        backbone, projected, masks = self._features(images, image_mask)
         encoded = self._encode(projected, masks)
-        level0 = projected[0].flatten(2).transpose(1, 2)
-        features = self.scfe(encoded.memory, encoded.padding_mask, level0, masks[0].flatten(1))
+        if self.scfe.inputs == "encoder_mean+backbone_c5":
+            top = len(backbone) - 1
+            tokens, padding = backbone[top].flatten(2).transpose(1, 2), masks[top].flatten(1)
+        else:
+            tokens, padding = projected[0].flatten(2).transpose(1, 2), masks[0].flatten(1)
+        features = self.scfe(encoded.memory, encoded.padding_mask, tokens, padding)
         return {
             "cell_features": features,
             "pred_cell_logits": self.cell_class_head(features),
@@ -203,14 +207,17 @@ class UniHema(nn.Module):
 
     def _fuse_text(self, images: Tensor, image_mask: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
         """B -> input projection -> E_B^I; E_T(prompts); CMF -> (E_W^T (B, Lp, N), text mask (B, Lp))."""
-        _, projected, masks = self._features(images, image_mask)
+        backbone, projected, masks = self._features(images, image_mask)
         tokens = torch.cat([p.flatten(2).transpose(1, 2) for p in projected], dim=1)
         padding = torch.cat([m.flatten(1) for m in masks], dim=1)
+        top = len(backbone) - 1
+        c5, c5_padding = backbone[top].flatten(2).transpose(1, 2), masks[top].flatten(1)
         text_states, text_mask = self._encode_text(prompts, images.device)
         use_masks = self.config.hemaformer.text_padding_masks
         fused = self.cmf(
-            text_states, text_mask if use_masks else None, tokens, padding if use_masks else None
-        )
+            text_states, text_mask if use_masks else None, tokens, padding if use_masks else None,
+            c5, c5_padding if use_masks else None,
+        )  # fmt: skip
         return fused, text_mask
 
     def _forward_text(

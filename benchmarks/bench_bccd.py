@@ -1,0 +1,280 @@
+"""BCCD from random weights in a fixed wall-clock budget: UniHema's ``tiny`` preset against torchvision's
+Faster R-CNN MobileNetV3-FPN, trained side by side in one run on the same images and scored the same way.
+
+Data: ``../shared/datasets/bccd`` (or ``--data``), read with the package's Pascal VOC reader. Training uses
+the ``train`` and ``val`` lists (292 images, as the peers in the issue tracker), scoring the ``test`` list
+(72 images) with the package's COCO evaluation (faster-coco-eval): mAP@0.5, mAP@[.5:.95] and AP50 per class.
+Both models train on multi-scale resized images (shorter side drawn from ``--train-sizes``), horizontal
+and vertical flips, batch 4, and are evaluated at ``--eval-size`` (the size they were trained around).
+
+    python benchmarks/bench_bccd.py --minutes 15 --write-doc docs/benchmarks.md
+
+Run it alone on the machine (two torch processes on the same cores ruin both timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from benchmark_doc import write_section
+from torchvision.ops import box_convert
+
+from unihema.data.loader import build_loader
+from unihema.data.schema import Sample, Task
+from unihema.data.transforms import TransformConfig
+from unihema.data.vocab import DETECTION_CLASSES, detection_index
+from unihema.evaluate import metrics
+from unihema.evaluate.evaluator import EvalConfig, decode_detections
+from unihema.model.unihema import UniHema
+from unihema.train.losses import UniHemaCriterion
+
+SECTION_TITLE = "## BCCD from scratch"
+BCCD_CLASSES = ("rbc", "wbc", "platelet")
+BATCH = 4
+
+
+def read_bccd(root: Path) -> tuple[list[Sample], list[Sample]]:
+    from unihema.data.catalog import get_dataset
+    from unihema.data.formats.base import get_reader
+
+    entry = get_dataset("bccd")
+    result = get_reader(entry.reader).read(root, dataset=entry.name, **entry.options)
+    train = [s for s in result.samples if s.split in ("train", "val")]
+    test = [s for s in result.samples if s.split == "test"]
+    if not train or not test:
+        raise SystemExit(
+            f"{root}: expected BCCD's train/val/test lists, found {len(train)} train, {len(test)} test"
+        )
+    return train, test
+
+
+def class_mask() -> torch.Tensor:
+    mask = torch.zeros(len(DETECTION_CLASSES), dtype=torch.bool)
+    for name in BCCD_CLASSES:
+        mask[detection_index(name)] = True
+    return mask
+
+
+def score(
+    predictions: list[metrics.DetectionPrediction], targets: list[metrics.DetectionTarget]
+) -> dict[str, Any]:
+    result = metrics.detection_map(predictions, targets)
+    per_class = {DETECTION_CLASSES[k]: round(v, 4) for k, v in result["map50_per_class"].items()}
+    return {"mAP50": round(result["map50"], 4), "mAP": round(result["map"], 4), "AP50": per_class}
+
+
+def eval_batches(test: list[Sample], transforms: TransformConfig) -> Any:
+    return build_loader(
+        test, Task.DETECTION, batch_size=BATCH, train=False, transform_config=transforms, pad_to_multiple=32
+    )
+
+
+def targets_in_pixels(batch: dict[str, Any]) -> list[metrics.DetectionTarget]:
+    out = []
+    for target in batch["targets"]:
+        height, width = (float(v) for v in target["size"])
+        scale = torch.tensor([width, height, width, height])
+        boxes = box_convert(target["boxes"].float(), "cxcywh", "xyxy") * scale
+        out.append(
+            metrics.DetectionTarget(boxes.numpy(), target["labels"].numpy(), (int(height), int(width)))
+        )
+    return out
+
+
+def train_unihema(train: list[Sample], test: list[Sample], args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    model = UniHema.from_preset("tiny", vision={"num_queries": args.queries})
+    criterion = UniHemaCriterion()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    transforms = TransformConfig(
+        det_train_sizes=tuple(args.train_sizes),
+        det_eval_size=args.eval_size,
+        det_max_size=int(args.eval_size * 4 / 3),
+    )
+    loader = build_loader(
+        train,
+        Task.DETECTION,
+        batch_size=BATCH,
+        train=True,
+        transform_config=transforms,
+        seed=args.seed,
+        pad_to_multiple=32,
+    )
+    mask = class_mask()
+    trained, steps = 0.0, 0
+    model.train()
+    while trained < args.minutes * 60:
+        for batch in loader:
+            started = time.perf_counter()
+            for target in batch["targets"]:
+                target["class_mask"] = mask
+            outputs = model(
+                batch["images"], Task.DETECTION, batch["prompts"], batch["targets"], batch["image_mask"]
+            )
+            loss = criterion(outputs, batch["targets"], Task.DETECTION)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, args.clip)
+            optimizer.step()
+            trained += time.perf_counter() - started
+            steps += 1
+            if trained >= args.minutes * 60:
+                break
+    model.eval()
+    predictions, targets = [], []
+    eval_config = EvalConfig(transforms=transforms)
+    with torch.no_grad():
+        for batch in eval_batches(test, transforms):
+            outputs = model(batch["images"], Task.DETECTION, batch["prompts"], image_mask=batch["image_mask"])
+            outputs = {  # only the classes BCCD annotates can be predicted on BCCD
+                **outputs,
+                "pred_logits": outputs["pred_logits"].masked_fill(~mask, float("-inf")),
+            }
+            sizes = torch.stack([t["size"] for t in batch["targets"]]).float()
+            for found in decode_detections(outputs, sizes, eval_config.max_detections):
+                predictions.append(
+                    metrics.DetectionPrediction(
+                        found["boxes"].numpy(), found["scores"].numpy(), found["labels"].numpy()
+                    )
+                )
+            targets += targets_in_pixels(batch)
+    return {
+        "model": "UniHema tiny (ours)",
+        "steps": steps,
+        "train_seconds": round(trained),
+        **score(predictions, targets),
+    }
+
+
+def train_faster_rcnn(train: list[Sample], test: list[Sample], args: argparse.Namespace) -> dict[str, Any]:
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    torch.manual_seed(args.seed)
+    labels = {detection_index(n): i + 1 for i, n in enumerate(BCCD_CLASSES)}  # 0 = background
+    back = {v: k for k, v in labels.items()}
+    model = fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=len(BCCD_CLASSES) + 1,
+        min_size=args.eval_size, max_size=int(args.eval_size * 4 / 3),
+    )  # fmt: skip
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4)
+    transforms = TransformConfig(
+        det_train_sizes=tuple(args.train_sizes), det_eval_size=args.eval_size, det_max_size=int(args.eval_size * 4 / 3),
+        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),  # torchvision normalises inside the model
+    )  # fmt: skip
+    loader = build_loader(
+        train, Task.DETECTION, batch_size=BATCH, train=True, transform_config=transforms, seed=args.seed
+    )
+
+    def to_torchvision(batch: dict[str, Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        images, targets = [], []
+        for image, target in zip(batch["images"], batch["targets"]):
+            height, width = (int(v) for v in target["size"])
+            images.append(image[:, :height, :width])
+            scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+            boxes = box_convert(target["boxes"].float(), "cxcywh", "xyxy") * scale
+            keep = (boxes[:, 2] > boxes[:, 0] + 1) & (boxes[:, 3] > boxes[:, 1] + 1)
+            mapped = torch.tensor([labels[int(v)] for v in target["labels"]], dtype=torch.int64)
+            targets.append({"boxes": boxes[keep], "labels": mapped[keep]})
+        return images, targets
+
+    trained, steps = 0.0, 0
+    warmup = 100
+    model.train()
+    while trained < args.minutes * 60:
+        for batch in loader:
+            started = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = 0.02 * min(1.0, (steps + 1) / warmup)
+            images, targets = to_torchvision(batch)
+            loss = sum(model(images, targets).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            optimizer.step()
+            trained += time.perf_counter() - started
+            steps += 1
+            if trained >= args.minutes * 60:
+                break
+    model.eval()
+    model.roi_heads.detections_per_img = 100
+    predictions, targets = [], []
+    with torch.no_grad():
+        for batch in eval_batches(test, transforms):
+            images, _ = to_torchvision(batch)
+            # Boxes come back in the pixels of the images given (the unpadded evaluation images), the
+            # frame of ``targets_in_pixels`` and of UniHema's decoded boxes.
+            for output in model(images):
+                predictions.append(
+                    metrics.DetectionPrediction(
+                        output["boxes"].numpy(), output["scores"].numpy(),
+                        np.array([back[int(v)] for v in output["labels"]], dtype=np.int64),
+                    )
+                )  # fmt: skip
+            targets += targets_in_pixels(batch)
+    return {
+        "model": "torchvision Faster R-CNN MobileNetV3-FPN", "steps": steps, "train_seconds": round(trained),
+        **score(predictions, targets),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd"
+    )
+    parser.add_argument("--minutes", type=float, default=15.0, help="training budget of each model")
+    parser.add_argument("--train-sizes", type=int, nargs="+", default=[320, 352, 384, 416])
+    parser.add_argument("--eval-size", type=int, default=416)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--clip", type=float, default=0.1)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--models", nargs="+", default=["unihema", "faster_rcnn"], choices=["unihema", "faster_rcnn"]
+    )
+    parser.add_argument("--write-doc", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        print(f"skipped: no BCCD copy at {args.data} (pass --data)", file=sys.stderr)
+        return 0
+    train, test = read_bccd(args.data)
+    runs = {"unihema": train_unihema, "faster_rcnn": train_faster_rcnn}
+    rows = []
+    for name in args.models:
+        rows.append(runs[name](train, test, args))
+        print(json.dumps(rows[-1]), flush=True)
+    header = "| model | steps | mAP@0.5 | mAP@[.5:.95] | AP50 rbc | AP50 wbc | AP50 platelet |"
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        per = [f"{row['AP50'].get(c, float('nan')):.3f}" for c in BCCD_CLASSES]
+        lines.append(
+            f"| {row['model']} | {row['steps']} | {row['mAP50']:.3f} | {row['mAP']:.3f} | "
+            + " | ".join(per)
+            + " |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if args.write_doc:
+        command = "python benchmarks/bench_bccd.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        section = (
+            f"{SECTION_TITLE}\n\nCommand: `{command}`. {len(train)} train+val images, {len(test)} test images, "
+            f"{args.minutes:g} training minutes per model (evaluation excluded), random initialisation, batch {BATCH}, "
+            f"shorter side {args.train_sizes} in training and {args.eval_size} in evaluation. torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, {platform.machine()} CPU, no other job running.\n\n{text}\n"
+        )
+        write_section(args.write_doc, SECTION_TITLE, section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Why image features barely reach the SCFE cell feature and the CMF text memory when the model learns from
+scratch, and the options that fix it (docs/training.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from unihema_testers import small_test_config
+
+from unihema.data.schema import Task
+from unihema.model.backbone import InputProjection, groupnorm_groups
+from unihema.model.hemaformer import SingleCellFeatureExtractor
+from unihema.model.unihema import UniHema
+
+
+def test_input_projection_groupnorm_erases_each_images_channel_means() -> None:
+    # The mechanism: after GroupNorm, the spatial mean of every channel group is the same for every image
+    # (the mean of that group's bias), so mean-pooled tokens cannot tell two images apart linearly.
+    torch.manual_seed(0)
+    projection = InputProjection([16], d_model=32, num_levels=1)
+    with torch.no_grad():
+        projection.levels[0][1].bias.normal_()
+    dark, bright = torch.randn(1, 16, 8, 8) - 3.0, 5.0 * torch.randn(1, 16, 8, 8) + 3.0
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    groups = groupnorm_groups(32)
+    means = []
+    for features in (dark, bright):
+        tokens = projection([features], mask)[0][0][0]  # (32, 8, 8)
+        means.append(tokens.reshape(groups, -1).mean(-1))
+    assert torch.allclose(means[0], means[1], atol=1e-4)
+
+
+def _cell_feature_spread(seed: int, **hemaformer: str) -> float:
+    """Between-crop std of the cell feature E_Z relative to its overall std, untrained tiny preset."""
+    from unihema.data.loader import build_loader
+    from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
+    from unihema.data.transforms import TransformConfig
+
+    corpus = SyntheticCorpus(
+        SyntheticConfig(n_images=10, image_size=128, rbc_radius=7.0, crop_size=16, crop_scale=1.6)
+    )
+    crops = corpus.samples(Task.CLASSIFICATION, "train")[:16]
+    batch = next(
+        iter(
+            build_loader(
+                crops, Task.CLASSIFICATION, 16, train=False, transform_config=TransformConfig(cls_size=64)
+            )
+        )
+    )
+    torch.manual_seed(seed)
+    model = UniHema.from_preset("tiny", hemaformer=hemaformer).eval()
+    with torch.no_grad():
+        features = model(batch["images"], Task.CLASSIFICATION)["cell_features"]
+    return float(features.std(0).mean() / features.std())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_backbone_c5_summary_makes_cell_features_differ_between_crops(seed: int) -> None:
+    # Measured: about 0.085 for the paper's SCFE against 0.16-0.18 with the raw C5 summary.
+    paper = _cell_feature_spread(seed)
+    with_c5 = _cell_feature_spread(seed, scfe_inputs="encoder_mean+backbone_c5")
+    assert paper < 0.12 and with_c5 > 1.5 * paper, (paper, with_c5)
+
+
+def test_attention_pooling_reads_tokens_and_ignores_padding() -> None:
+    torch.manual_seed(0)
+    scfe = SingleCellFeatureExtractor(16, pooling="attention", num_heads=2)
+    memory = torch.randn(2, 10, 16)
+    padding = torch.zeros(2, 10, dtype=torch.bool)
+    padding[:, 6:] = True
+    changed = memory.clone()
+    changed[:, 6:] = 100.0  # only padded tokens change
+    assert torch.allclose(scfe(memory, padding), scfe(changed, padding), atol=1e-5)
+    # Unlike the mean, attention weights depend on the query: a larger query makes them non-uniform.
+    with torch.no_grad():
+        scfe.query.mul_(0).add_(torch.randn(16) * 5)
+    pooled_attention = scfe.attention(scfe.query.expand(2, 1, -1), memory, memory, need_weights=True)[1]
+    assert not torch.allclose(pooled_attention, torch.full_like(pooled_attention, 0.1), atol=1e-3)
+
+
+def test_scfe_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="pooling"):
+        SingleCellFeatureExtractor(16, pooling="max")
+    with pytest.raises(ValueError, match="backbone_channels"):
+        SingleCellFeatureExtractor(16, inputs="encoder_mean+backbone_c5")
+    with pytest.raises(ValueError, match="scfe_pooling"):
+        small_test_config(hemaformer={"scfe_pooling": "sum"})
+
+
+def test_cmf_reads_the_raw_backbone_level_and_ignores_its_padding() -> None:
+    from unihema.model.hemaformer import CrossModalFusion
+
+    torch.manual_seed(0)
+    cmf = CrossModalFusion(16, 12, max_text_length=6, num_heads=2, backbone_channels=8).eval()
+    text, text_mask = torch.randn(2, 5, 12), torch.ones(2, 5, dtype=torch.long)
+    image, image_padding = torch.randn(2, 9, 16), torch.zeros(2, 9, dtype=torch.bool)
+    raw, raw_padding = torch.randn(2, 4, 8), torch.zeros(2, 4, dtype=torch.bool)
+    raw_padding[:, 3] = True
+    fused = cmf(text, text_mask, image, image_padding, raw, raw_padding)
+    changed = raw.clone()
+    changed[:, 0] += 5.0
+    assert not torch.allclose(fused, cmf(text, text_mask, image, image_padding, changed, raw_padding))
+    padded_only = raw.clone()
+    padded_only[:, 3] = 100.0
+    assert torch.allclose(fused, cmf(text, text_mask, image, image_padding, padded_only, raw_padding), atol=1e-5)
+    with pytest.raises(ValueError, match="backbone_tokens"):
+        cmf(text, text_mask, image, image_padding)
+
+
+def _fused_spread(seed: int, **hemaformer: object) -> float:
+    """Between-crop std of the CMF output for one question asked of 16 crops, untrained tiny preset."""
+    from unihema.data.loader import build_loader
+    from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
+    from unihema.data.transforms import TransformConfig
+
+    corpus = SyntheticCorpus(
+        SyntheticConfig(n_images=10, image_size=128, rbc_radius=7.0, crop_size=16, crop_scale=1.6)
+    )
+    crops = corpus.samples(Task.CLASSIFICATION, "train")[:16]
+    batch = next(
+        iter(build_loader(crops, Task.CLASSIFICATION, 16, train=False, transform_config=TransformConfig(cls_size=64)))
+    )
+    torch.manual_seed(seed)
+    model = UniHema.from_preset("tiny", hemaformer=hemaformer).eval()
+    prompts = ["Q: Which cell type is shown?"] * 16
+    with torch.no_grad():
+        fused, _ = model._fuse_text(batch["images"], batch["image_mask"], prompts)
+    return float(fused.std(0).mean() / fused.std())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_raw_backbone_level_makes_the_text_memory_depend_on_the_image(seed: int) -> None:
+    paper = _fused_spread(seed)
+    with_c5 = _fused_spread(seed, cmf_backbone_c5=True)
+    assert with_c5 > 1.5 * paper, (paper, with_c5)

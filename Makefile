@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean bench-convergence bench-bccd
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Benchmarks: run alone on the machine (see docs/benchmarks.md); not part of the test run.
+bench-convergence: $(STAMP)
+	$(PY) benchmarks/bench_convergence.py --recipes before after --seeds 0 1 2 --minutes 1 2 5 --write-doc docs/benchmarks.md
+
+bench-bccd: $(STAMP)
+	$(PY) benchmarks/bench_bccd.py --minutes 15 --write-doc docs/benchmarks.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -6,6 +6,7 @@ after 1, 2, 5 and 10 minutes of training (the clock stops while it evaluates). R
 
 - ``before``: the settings of the first demo (four feature levels, 300 queries, gradient clipping 0.1,
   48 px single-cell windows, the paper's mean-pooled SCFE);
+- ``three_levels``, ``tight_crops``, ``tight_crops_c5``: one change at a time (see ``RECIPES``);
 - ``after``: today's demo settings (``src/unihema/configs/demo.yaml``: three levels, 100 queries, clipping
   1.0, tight single-cell windows, SCFE with the raw last backbone level).
 
@@ -65,6 +66,10 @@ class Recipe:
 
 RECIPES = {
     "before": Recipe(),
+    # One change at a time on top of "before" (the ablations of docs/training.md).
+    "three_levels": Recipe(vision={"num_levels": 3, "num_queries": 100}),
+    "tight_crops": Recipe(crop_size=16, crop_scale=1.6),
+    "tight_crops_c5": Recipe(hemaformer={"scfe_inputs": "encoder_mean+backbone_c5"}, crop_size=16, crop_scale=1.6),
     "after": Recipe(
         vision={"num_levels": 3, "num_queries": 100},
         hemaformer={"scfe_inputs": "encoder_mean+backbone_c5"},

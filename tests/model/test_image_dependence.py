@@ -133,3 +133,17 @@ def test_raw_backbone_level_makes_the_text_memory_depend_on_the_image(seed: int)
     paper = _fused_spread(seed)
     with_c5 = _fused_spread(seed, cmf_backbone_c5=True)
     assert with_c5 > 1.5 * paper, (paper, with_c5)
+
+
+def test_cmf_cell_feature_token_carries_the_scfe_feature_into_the_text_memory() -> None:
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    prompts = ["Q: Which cell type is shown?"] * 2
+    for enabled in (False, True):
+        model = UniHema.from_config(small_test_config(hemaformer={"cmf_cell_feature": enabled})).eval()
+        with torch.no_grad():
+            before, _ = model._fuse_text(images, mask, prompts)
+            model.scfe.proj.bias.add_(3.0)  # moves E_Z only
+            after, _ = model._fuse_text(images, mask, prompts)
+        assert torch.allclose(before, after) is (not enabled)

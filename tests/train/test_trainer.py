@@ -9,6 +9,7 @@ import pytest
 import torch
 from train_helpers import mini_config
 
+from unihema.model.unihema import UniHema
 from unihema.train.checkpoint import latest_checkpoint
 from unihema.train.losses import UniHemaCriterion
 from unihema.train.stages import TrainConfig
@@ -164,6 +165,11 @@ def test_run_directory_contents_and_guards(tmp_path: Path) -> None:
         assert (run_dir / name).exists(), name
     assert any((run_dir / "tensorboard").iterdir())
     assert (run_dir / "checkpoints" / "stage-01-cls" / "training_state.pt").is_file()
+    # The model folder records the run's pre-processing, so eval uses the sizes it was trained at.
+    recorded = UniHema.from_pretrained(run_dir / "final").preprocessor
+    assert recorded is not None and recorded.transforms.cls_size == config.data.transforms["cls_size"]
+    assert recorded.pad_to_multiple == config.data.pad_to_multiple
+    assert recorded.synthetic_config().image_size == (96, 96)
     assert TrainConfig.load(run_dir / CONFIG_SNAPSHOT).to_dict() == config.to_dict()
     with pytest.raises(FileExistsError, match="--resume"):
         run_training(config, run_dir, progress=False)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,13 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _samples_by_task(args: argparse.Namespace) -> dict:
+def _samples_by_task(args: argparse.Namespace, preprocessor: Any = None) -> dict:
     from unihema.data.schema import Task
 
     if args.data == "synthetic":
         from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
 
-        corpus = SyntheticCorpus(SyntheticConfig())
+        # The corpus the model was trained on, when its folder records one.
+        recorded = None if preprocessor is None else preprocessor.synthetic_config()
+        corpus = SyntheticCorpus(recorded or SyntheticConfig())
         grouped = {task: corpus.samples(task, args.split) for task in Task}
     else:
         from unihema.data.formats import detect_format, get_reader
@@ -63,7 +66,16 @@ def run(args: argparse.Namespace) -> int:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = UniHema.from_pretrained(args.model).to(device)
-    results = evaluate(model, _samples_by_task(args), EvalConfig(batch_size=args.batch_size))
+    # Input sizes and padding the model was trained with (preprocessor_config.json), else the defaults.
+    preprocessor = model.preprocessor
+    config = EvalConfig(batch_size=args.batch_size)
+    if preprocessor is not None:
+        config = EvalConfig(
+            batch_size=args.batch_size,
+            transforms=preprocessor.transforms,
+            pad_to_multiple=preprocessor.pad_to_multiple,
+        )
+    results = evaluate(model, _samples_by_task(args, preprocessor), config)
     rows = {
         task.value: {"metric": r.metric, "value": r.value, "details": r.details}
         for task, r in results.items()

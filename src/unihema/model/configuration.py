@@ -319,6 +319,9 @@ class HemaFormerConfig:
         cmf_backbone_c5: let the CMF image attention also read the raw last backbone level (linearly
             projected) beside E_B^I. Off in the paper; from scratch it makes the answers depend on the image
             much sooner (``docs/training.md``).
+        cmf_cell_feature: let the CMF image attention also read the SCFE cell feature E_Z as one more
+            token (off in the paper). E_Z is what single-cell classification and cell morphology train; with
+            it the answers about a cell follow what the classifier sees (``docs/training.md``).
         tgvr_mode: ``"concat"`` (eq. 3: concatenate the queries with their text cross-attention and
             project) or ``"gate"`` (the code: per-channel sigmoid gate mixing query and attention).
         tgvr_num_heads: attention heads of the TGVR cross-attention.
@@ -353,6 +356,7 @@ class HemaFormerConfig:
     cmf_residual: bool = False
     cmf_num_heads: int = 8
     cmf_backbone_c5: bool = False
+    cmf_cell_feature: bool = False
     tgvr_mode: str = "concat"
     tgvr_num_heads: int = 8
     scfe_inputs: str = "encoder_mean"
@@ -387,12 +391,13 @@ class HemaFormerConfig:
             f"must be one of {SCFE_INPUTS}",
             self.scfe_inputs,
         )
-        _require(
-            isinstance(self.cmf_backbone_c5, bool),
-            f"{prefix}cmf_backbone_c5",
-            "must be true or false",
-            self.cmf_backbone_c5,
-        )
+        for name in ("cmf_backbone_c5", "cmf_cell_feature"):
+            _require(
+                isinstance(getattr(self, name), bool),
+                f"{prefix}{name}",
+                "must be true or false",
+                getattr(self, name),
+            )
         _require(
             self.scfe_pooling in SCFE_POOLINGS,
             f"{prefix}scfe_pooling",

@@ -1,4 +1,5 @@
-"""Saving and loading UniHema models: ``model.safetensors`` + ``config.json`` + ``tokenizer/``.
+"""Saving and loading UniHema models: ``model.safetensors`` + ``config.json`` + ``tokenizer/`` (+
+``preprocessor_config.json``, the pre-processing the model was trained with).
 
 Nothing is unpickled. Tensors that share storage (T5's token embedding appears as ``shared``,
 ``encoder.embed_tokens`` and ``decoder.embed_tokens``) are written once; the other names are recorded
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 
 from unihema.atomic import atomic_write
+from unihema.inference.preprocessor import PreprocessorConfig
 from unihema.model.configuration import UniHemaConfig
 
 if TYPE_CHECKING:
@@ -93,6 +95,9 @@ def save_pretrained(model: UniHema, directory: str | os.PathLike[str]) -> Path:
     )
     config.save(directory / CONFIG_NAME)
     _save_tokenizer(model.tokenizer, directory / TOKENIZER_DIR)
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is not None:
+        preprocessor.save(directory)
     return directory
 
 
@@ -112,6 +117,7 @@ def load_pretrained(
     tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
     model = cls.from_config(config, tokenizer=tokenizer)
     load_weights(model, directory / WEIGHTS_NAME)
+    model.preprocessor = PreprocessorConfig.load(directory)
     return model.to(map_location)
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from unihema.data.schema import Task
+from unihema.inference.preprocessor import PreprocessorConfig
 from unihema.model.backbone import InputProjection, ResNetBackbone, SinePositionEncoding
 from unihema.model.configuration import UniHemaConfig
 from unihema.model.heads import AttributeHead, CellClassHead
@@ -55,6 +56,8 @@ class UniHema(nn.Module):
         self.box_attribute_head = box_attribute_head
         self.cell_class_head = cell_class_head
         self.cell_attribute_head = cell_attribute_head
+        # The pre-processing the model was trained with (saved as preprocessor_config.json), or None.
+        self.preprocessor: PreprocessorConfig | None = None
 
     @classmethod
     def from_config(cls, config: UniHemaConfig, tokenizer: Any = None) -> UniHema:
@@ -160,15 +163,18 @@ class UniHema(nn.Module):
         ids, mask = self.text.tokenize(prompts, device)
         return self.text.encode(ids, mask), mask
 
-    def _forward_cell(self, images: Tensor, image_mask: Tensor) -> dict[str, Any]:
-        backbone, projected, masks = self._features(images, image_mask)
+    def _cell_feature(self, backbone: list[Tensor], projected: list[Tensor], masks: list[Tensor]) -> Tensor:
+        """E_I on the projected levels, then SCFE -> the cell feature E_Z (B, M)."""
         encoded = self._encode(projected, masks)
         if self.scfe.inputs == "encoder_mean+backbone_c5":
             top = len(backbone) - 1
             tokens, padding = backbone[top].flatten(2).transpose(1, 2), masks[top].flatten(1)
         else:
             tokens, padding = projected[0].flatten(2).transpose(1, 2), masks[0].flatten(1)
-        features = self.scfe(encoded.memory, encoded.padding_mask, tokens, padding)
+        return self.scfe(encoded.memory, encoded.padding_mask, tokens, padding)
+
+    def _forward_cell(self, images: Tensor, image_mask: Tensor) -> dict[str, Any]:
+        features = self._cell_feature(*self._features(images, image_mask))
         return {
             "cell_features": features,
             "pred_cell_logits": self.cell_class_head(features),
@@ -210,6 +216,12 @@ class UniHema(nn.Module):
         backbone, projected, masks = self._features(images, image_mask)
         tokens = torch.cat([p.flatten(2).transpose(1, 2) for p in projected], dim=1)
         padding = torch.cat([m.flatten(1) for m in masks], dim=1)
+        if self.config.hemaformer.cmf_cell_feature:
+            # One more image token: the SCFE cell feature E_Z, which step 1 trains to separate cell classes
+            # and attributes, the very things the questions ask about.
+            cell = self._cell_feature(backbone, projected, masks)[:, None].to(tokens.dtype)
+            tokens = torch.cat((tokens, cell), dim=1)
+            padding = torch.cat((padding, padding.new_zeros(padding.shape[0], 1)), dim=1)
         top = len(backbone) - 1
         c5, c5_padding = backbone[top].flatten(2).transpose(1, 2), masks[top].flatten(1)
         text_states, text_mask = self._encode_text(prompts, images.device)

@@ -222,6 +222,21 @@ def stage_samples(cache: CorpusCache, stage: StageConfig) -> dict[Task, list[Sam
 # ============================================================================================ model
 
 
+def preprocessor_of(config: TrainConfig) -> Any:
+    """The :class:`~unihema.inference.preprocessor.PreprocessorConfig` of a run: its transforms, padding
+    and, when a stage trains on the built-in corpus, the synthetic corpus settings."""
+    from unihema.data.transforms import TransformConfig
+    from unihema.inference.preprocessor import PreprocessorConfig
+
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.data.transforms.items()}
+    uses_synthetic = any(SYNTHETIC in stage.datasets for stage in config.stages)
+    return PreprocessorConfig(
+        transforms=TransformConfig(**fields),
+        pad_to_multiple=config.data.pad_to_multiple,
+        synthetic=dict(config.data.synthetic) if uses_synthetic else None,
+    )
+
+
 def build_model(config: TrainConfig) -> nn.Module:
     """The model a run starts from (``model.init_from``, ``model.config_file`` or the preset)."""
     from unihema.model.configuration import UniHemaConfig
@@ -475,6 +490,8 @@ class Trainer:
                     "starting at stage %d (%s) from a freshly initialised model; set model.init_from to the "
                     "result of the earlier stages", first + 1, self.config.stages[first].name,
                 )  # fmt: skip
+        # The model folder records the pre-processing of this run, so eval and predict use it by default.
+        model.preprocessor = preprocessor_of(self.config)
         model.to(self.device)
         self.model = model
         # Per-rank augmentation streams (identical model initialisation came before).

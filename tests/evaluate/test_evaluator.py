@@ -202,7 +202,9 @@ def test_detection_coordinate_frames_round_trip_on_padded_batches():
             )
         )  # fmt: skip
     config = EvalConfig(
-        batch_size=3, transforms=TransformConfig(det_eval_size=64, det_max_size=80), pad_to_multiple=32
+        batch_size=3,
+        transforms=TransformConfig(det_train_sizes=(64,), det_eval_size=64, det_max_size=80),
+        pad_to_multiple=32,
     )
     result = evaluate_task(QueueDetector(samples), samples, Task.DETECTION, config)
     assert result.value == pytest.approx(1.0)
@@ -225,7 +227,9 @@ class LookingModel(ConstantModel):
 def test_shuffled_images_separate_a_model_that_looks_from_one_that_does_not():
     levels = [20, 60, 100, 140, 180, 220]
     samples = [
-        Sample(ArrayImage(np.full((32, 32, 3), v, np.uint8)), Task.VQA, "t", f"q{i}", prompt="Q: level?")
+        Sample(
+            ArrayImage(np.full((32, 32, 3), v, np.uint8)), Task.VQA, "t", f"q{i}", prompt="Q: level?", text_target="?"
+        )
         for i, v in enumerate(levels)
     ]
     looking = LookingModel()

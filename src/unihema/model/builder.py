@@ -81,7 +81,6 @@ def build_components(
             ffn=h.cmf_ffn,
             ffn_dim=h.cmf_ffn_dim,
             residual=h.cmf_residual,
-            backbone_channels=backbone.out_channels[-1] if h.cmf_backbone_c5 else None,
         ),
         "tgvr": TextGuidedVisualRefinement(d, n, h.tgvr_num_heads, h.tgvr_mode),
         "scfe": SingleCellFeatureExtractor(

@@ -316,9 +316,6 @@ class HemaFormerConfig:
         cmf_residual: add the text-encoder states E_E^T to the projected CMF output (code) or return the
             projection alone (paper). The output is always projected from M to the text width N.
         cmf_num_heads: attention heads of the CMF cross-attentions.
-        cmf_backbone_c5: let the CMF image attention also read the raw last backbone level (linearly
-            projected) beside E_B^I. Off in the paper; from scratch it makes the answers depend on the image
-            much sooner (``docs/training.md``).
         cmf_cell_feature: let the CMF image attention also read the SCFE cell feature E_Z as one more
             token (off in the paper). E_Z is what single-cell classification and cell morphology train; with
             it the answers about a cell follow what the classifier sees (``docs/training.md``).
@@ -355,7 +352,6 @@ class HemaFormerConfig:
     cmf_ffn_dim: int = 1024
     cmf_residual: bool = False
     cmf_num_heads: int = 8
-    cmf_backbone_c5: bool = False
     cmf_cell_feature: bool = False
     tgvr_mode: str = "concat"
     tgvr_num_heads: int = 8
@@ -391,7 +387,7 @@ class HemaFormerConfig:
             f"must be one of {SCFE_INPUTS}",
             self.scfe_inputs,
         )
-        for name in ("cmf_backbone_c5", "cmf_cell_feature"):
+        for name in ("cmf_cell_feature",):
             _require(
                 isinstance(getattr(self, name), bool),
                 f"{prefix}{name}",

@@ -130,10 +130,6 @@ class CrossModalFusion(nn.Module):
         ffn_dim: its width.
         residual: add E_E^T to the projected output (authors' code).
         dropout: attention dropout.
-        backbone_channels: when given, the image attention also reads the raw last backbone level
-            (``backbone_tokens`` in :meth:`forward`), linearly projected to width M. Near-uniform attention
-            over the GroupNorm'ed projected tokens returns almost the same vector for every image, which lets
-            a text-only answer prior win; the raw level keeps what differs between images.
     """
 
     def __init__(
@@ -148,12 +144,10 @@ class CrossModalFusion(nn.Module):
         ffn_dim: int = 1024,
         residual: bool = False,
         dropout: float = 0.0,
-        backbone_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.queries = nn.Parameter(torch.randn(max_text_length, d_model) * QUERY_INIT_STD)
         self.img_proj = nn.Linear(d_model, d_model)
-        self.backbone_proj = nn.Linear(backbone_channels, d_model) if backbone_channels else None
         self.txt_proj = nn.Linear(text_dim, d_model)
         self.layers = nn.ModuleList(
             _CMFBlock(d_model, num_heads, order, ffn, ffn_dim, dropout) for _ in range(num_layers)
@@ -167,8 +161,6 @@ class CrossModalFusion(nn.Module):
         text_mask: Tensor | None,
         image_tokens: Tensor,
         image_padding: Tensor | None,
-        backbone_tokens: Tensor | None = None,
-        backbone_padding: Tensor | None = None,
     ) -> Tensor:
         """Fuse.
 
@@ -177,9 +169,6 @@ class CrossModalFusion(nn.Module):
             text_mask: (B, L), 1 on tokens, 0 on padding; ``None`` attends to every position.
             image_tokens: E_B^I (B, S, M) flattened projected backbone levels.
             image_padding: (B, S) True on padded image area; ``None`` attends everywhere.
-            backbone_tokens: (B, S5, C5) raw last backbone level; required when the module was built
-                with ``backbone_channels``, ignored otherwise.
-            backbone_padding: (B, S5) True on padded area.
 
         Returns:
             E_W^T (B, L, N).
@@ -190,15 +179,6 @@ class CrossModalFusion(nn.Module):
         queries = self.queries[:length].unsqueeze(0).expand(text_states.shape[0], -1, -1)
         text = self.txt_proj(text_states)
         image = self.img_proj(image_tokens)
-        if self.backbone_proj is not None:
-            if backbone_tokens is None:
-                raise ValueError("this CMF reads the raw backbone level: pass backbone_tokens")
-            image = torch.cat((image, self.backbone_proj(backbone_tokens.to(image.dtype))), dim=1)
-            if image_padding is not None:
-                padding = backbone_padding
-                if padding is None:
-                    padding = image_padding.new_zeros(backbone_tokens.shape[:2])
-                image_padding = torch.cat((image_padding, padding), dim=1)
         text_padding = _key_padding(text_mask)
         for layer in self.layers:
             queries = layer(queries, text, text_padding, image, image_padding)

@@ -222,14 +222,11 @@ class UniHema(nn.Module):
             cell = self._cell_feature(backbone, projected, masks)[:, None].to(tokens.dtype)
             tokens = torch.cat((tokens, cell), dim=1)
             padding = torch.cat((padding, padding.new_zeros(padding.shape[0], 1)), dim=1)
-        top = len(backbone) - 1
-        c5, c5_padding = backbone[top].flatten(2).transpose(1, 2), masks[top].flatten(1)
         text_states, text_mask = self._encode_text(prompts, images.device)
         use_masks = self.config.hemaformer.text_padding_masks
         fused = self.cmf(
-            text_states, text_mask if use_masks else None, tokens, padding if use_masks else None,
-            c5, c5_padding if use_masks else None,
-        )  # fmt: skip
+            text_states, text_mask if use_masks else None, tokens, padding if use_masks else None
+        )
         return fused, text_mask
 
     def _forward_text(

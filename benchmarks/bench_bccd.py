@@ -18,13 +18,13 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from benchmark_doc import write_section
+from timed_training import train_for
 from torchvision.ops import box_convert
 
 from unihema.data.loader import build_loader
@@ -110,25 +110,17 @@ def train_unihema(train: list[Sample], test: list[Sample], args: argparse.Namesp
         pad_to_multiple=32,
     )
     mask = class_mask()
-    trained, steps = 0.0, 0
+
+    def loss_of(batch: dict[str, Any], step: int) -> torch.Tensor:
+        for target in batch["targets"]:
+            target["class_mask"] = mask
+        outputs = model(
+            batch["images"], Task.DETECTION, batch["prompts"], batch["targets"], batch["image_mask"]
+        )
+        return criterion(outputs, batch["targets"], Task.DETECTION)["loss"]
+
     model.train()
-    while trained < args.minutes * 60:
-        for batch in loader:
-            started = time.perf_counter()
-            for target in batch["targets"]:
-                target["class_mask"] = mask
-            outputs = model(
-                batch["images"], Task.DETECTION, batch["prompts"], batch["targets"], batch["image_mask"]
-            )
-            loss = criterion(outputs, batch["targets"], Task.DETECTION)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, args.clip)
-            optimizer.step()
-            trained += time.perf_counter() - started
-            steps += 1
-            if trained >= args.minutes * 60:
-                break
+    steps = train_for(args.minutes, loader, loss_of, optimizer, params, args.clip)
     model.eval()
     predictions, targets = [], []
     eval_config = EvalConfig(transforms=transforms)
@@ -150,7 +142,6 @@ def train_unihema(train: list[Sample], test: list[Sample], args: argparse.Namesp
     return {
         "model": "UniHema tiny (ours)",
         "steps": steps,
-        "train_seconds": round(trained),
         **score(predictions, targets),
     }
 
@@ -187,24 +178,16 @@ def train_faster_rcnn(train: list[Sample], test: list[Sample], args: argparse.Na
             targets.append({"boxes": boxes[keep], "labels": mapped[keep]})
         return images, targets
 
-    trained, steps = 0.0, 0
     warmup = 100
+
+    def loss_of(batch: dict[str, Any], step: int) -> torch.Tensor:
+        for group in optimizer.param_groups:
+            group["lr"] = 0.02 * min(1.0, (step + 1) / warmup)
+        images, targets = to_torchvision(batch)
+        return sum(model(images, targets).values())
+
     model.train()
-    while trained < args.minutes * 60:
-        for batch in loader:
-            started = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = 0.02 * min(1.0, (steps + 1) / warmup)
-            images, targets = to_torchvision(batch)
-            loss = sum(model(images, targets).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            optimizer.step()
-            trained += time.perf_counter() - started
-            steps += 1
-            if trained >= args.minutes * 60:
-                break
+    steps = train_for(args.minutes, loader, loss_of, optimizer, params, 10.0)
     model.eval()
     model.roi_heads.detections_per_img = 100
     predictions, targets = [], []
@@ -222,7 +205,7 @@ def train_faster_rcnn(train: list[Sample], test: list[Sample], args: argparse.Na
                 )  # fmt: skip
             targets += targets_in_pixels(batch)
     return {
-        "model": "torchvision Faster R-CNN MobileNetV3-FPN", "steps": steps, "train_seconds": round(trained),
+        "model": "torchvision Faster R-CNN MobileNetV3-FPN", "steps": steps,
         **score(predictions, targets),
     }  # fmt: skip
 

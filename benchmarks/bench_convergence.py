@@ -24,13 +24,13 @@ import json
 import platform
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from benchmark_doc import write_section
+from timed_training import train_for
 
 from unihema.data.loader import build_loader
 from unihema.data.schema import Task
@@ -69,7 +69,9 @@ RECIPES = {
     # One change at a time on top of "before" (the ablations of docs/training.md).
     "three_levels": Recipe(vision={"num_levels": 3, "num_queries": 100}),
     "tight_crops": Recipe(crop_size=16, crop_scale=1.6),
-    "tight_crops_c5": Recipe(hemaformer={"scfe_inputs": "encoder_mean+backbone_c5"}, crop_size=16, crop_scale=1.6),
+    "tight_crops_c5": Recipe(
+        hemaformer={"scfe_inputs": "encoder_mean+backbone_c5"}, crop_size=16, crop_scale=1.6
+    ),
     "after": Recipe(
         vision={"num_levels": 3, "num_queries": 100},
         hemaformer={"scfe_inputs": "encoder_mean+backbone_c5"},
@@ -109,28 +111,20 @@ def curve(recipe: Recipe, task: Task, seed: int, minutes: list[float]) -> list[d
         train=True, transform_config=transforms, seed=seed, pad_to_multiple=32,
     )  # fmt: skip
     eval_config = EvalConfig(transforms=transforms, pad_to_multiple=32, shuffled_image_check=False)
-    budgets = sorted(minutes)
+
+    def loss_of(batch: dict[str, Any], step: int) -> torch.Tensor:
+        outputs = model(batch["images"], task, batch["prompts"], batch["targets"], batch["image_mask"])
+        return criterion(outputs, batch["targets"], task)["loss"]
+
     rows: list[dict[str, float]] = []
-    trained, steps = 0.0, 0
-    model.train()
-    while budgets:
-        for batch in loader:
-            started = time.perf_counter()
-            outputs = model(batch["images"], task, batch["prompts"], batch["targets"], batch["image_mask"])
-            loss = criterion(outputs, batch["targets"], task)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, clip)
-            optimizer.step()
-            trained += time.perf_counter() - started
-            steps += 1
-            if trained >= budgets[0] * 60:
-                result = evaluate_task(model, test, task, eval_config)
-                model.train()
-                rows.append({"minutes": budgets.pop(0), "steps": steps, "value": result.value})
-                print(json.dumps({"task": task.value, "seed": seed, **rows[-1]}), flush=True)
-                if not budgets:
-                    break
+    steps, trained_minutes = 0, 0.0
+    for budget in sorted(minutes):
+        model.train()
+        steps += train_for(budget - trained_minutes, loader, loss_of, optimizer, params, clip)
+        trained_minutes = budget
+        result = evaluate_task(model, test, task, eval_config)
+        rows.append({"minutes": budget, "steps": steps, "value": result.value})
+        print(json.dumps({"task": task.value, "seed": seed, **rows[-1]}), flush=True)
     return rows
 
 

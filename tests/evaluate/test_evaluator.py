@@ -228,7 +228,12 @@ def test_shuffled_images_separate_a_model_that_looks_from_one_that_does_not():
     levels = [20, 60, 100, 140, 180, 220]
     samples = [
         Sample(
-            ArrayImage(np.full((32, 32, 3), v, np.uint8)), Task.VQA, "t", f"q{i}", prompt="Q: level?", text_target="?"
+            ArrayImage(np.full((32, 32, 3), v, np.uint8)),
+            Task.VQA,
+            "t",
+            f"q{i}",
+            prompt="Q: level?",
+            text_target="?",
         )
         for i, v in enumerate(levels)
     ]

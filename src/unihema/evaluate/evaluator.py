@@ -311,7 +311,8 @@ def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
 def _collect_text(model, samples, task, config, device) -> TaskResult:
     hypotheses, references, prompts = _generate(model, samples, task, config, device)
     examples = [
-        {"prompt": p, "answer": h, "reference": r} for p, h, r in list(zip(prompts, hypotheses, references))[:6]
+        {"prompt": p, "answer": h, "reference": r}
+        for p, h, r in list(zip(prompts, hypotheses, references))[:6]
     ]
     details: dict[str, Any] = {"exact_match": exact_match(hypotheses, references)}
     if task is Task.VQA and config.shuffled_image_check:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import shutil
 import time
@@ -110,8 +111,7 @@ def run_demo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the main job into ``out_dir``; returns the report dictionary (also written to disk)."""
-    from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
-    from unihema.data.transforms import TransformConfig
+    from unihema.data.synthetic import SyntheticCorpus
     from unihema.train.stages import TrainConfig
     from unihema.train.trainer import build_model, run_training, seed_everything
 
@@ -122,21 +122,19 @@ def run_demo(
     run_dir = out_dir / "run"
     if run_dir.exists():
         raise FileExistsError(f"{out_dir} already holds a demo run; choose another --out or remove it")
-    corpus = SyntheticCorpus(
-        SyntheticConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in config.data.synthetic.items()}
-        )
+    corpus = SyntheticCorpus(config.data.synthetic_config())
+    eval_config = EvalConfig(
+        transforms=config.data.transform_config(), pad_to_multiple=config.data.pad_to_multiple
     )
-    transforms = TransformConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in config.data.transforms.items()}
-    )
-    eval_config = EvalConfig(transforms=transforms, pad_to_multiple=config.data.pad_to_multiple)
     eval_samples = _eval_samples(corpus, eval_per_task)
 
     # The same seed and construction as the trainer's, so "before" is the model training starts from.
+    # (The report shows the shuffled-image VQA check after training only, so "before" skips it.)
     seed_everything(config.seed)
     untrained = build_model(config)
-    before: dict[Task, TaskResult] = evaluate(untrained, eval_samples, eval_config)
+    before: dict[Task, TaskResult] = evaluate(
+        untrained, eval_samples, dataclasses.replace(eval_config, shuffled_image_check=False)
+    )
     del untrained
     evaluated_before = time.perf_counter()
 

@@ -68,13 +68,12 @@ def run(args: argparse.Namespace) -> int:
     model = UniHema.from_pretrained(args.model).to(device)
     # Input sizes and padding the model was trained with (preprocessor_config.json), else the defaults.
     preprocessor = model.preprocessor
-    config = EvalConfig(batch_size=args.batch_size)
-    if preprocessor is not None:
-        config = EvalConfig(
-            batch_size=args.batch_size,
-            transforms=preprocessor.transforms,
-            pad_to_multiple=preprocessor.pad_to_multiple,
-        )
+    recorded = (
+        {}
+        if preprocessor is None
+        else {"transforms": preprocessor.transforms, "pad_to_multiple": preprocessor.pad_to_multiple}
+    )
+    config = EvalConfig(batch_size=args.batch_size, **recorded)
     results = evaluate(model, _samples_by_task(args, preprocessor), config)
     rows = {
         task.value: {"metric": r.metric, "value": r.value, "details": r.details}

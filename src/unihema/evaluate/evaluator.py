@@ -318,9 +318,7 @@ def _collect_text(model, samples, task, config, device) -> TaskResult:
     if task is Task.VQA and config.shuffled_image_check:
         shuffled, _, _ = _generate(model, shuffled_images(samples), task, config, device)
         details["exact_match_shuffled_images"] = exact_match(shuffled, references)
-        details["answers_changed_by_shuffling"] = float(
-            np.mean([a.strip().lower() != b.strip().lower() for a, b in zip(hypotheses, shuffled)])
-        )
+        details["answers_changed_by_shuffling"] = 1.0 - exact_match(shuffled, hypotheses)
     return TaskResult(task, TASK_METRICS[task], metrics.bleu4(hypotheses, references), details, examples)
 
 

@@ -387,13 +387,12 @@ class HemaFormerConfig:
             f"must be one of {SCFE_INPUTS}",
             self.scfe_inputs,
         )
-        for name in ("cmf_cell_feature",):
-            _require(
-                isinstance(getattr(self, name), bool),
-                f"{prefix}{name}",
-                "must be true or false",
-                getattr(self, name),
-            )
+        _require(
+            isinstance(self.cmf_cell_feature, bool),
+            f"{prefix}cmf_cell_feature",
+            "must be true or false",
+            self.cmf_cell_feature,
+        )
         _require(
             self.scfe_pooling in SCFE_POOLINGS,
             f"{prefix}scfe_pooling",

@@ -290,6 +290,21 @@ class DataSpec:
     num_workers: int = 0
     pad_to_multiple: int = 32
 
+    def transform_config(self) -> Any:
+        """``transforms`` as a :class:`unihema.data.transforms.TransformConfig`."""
+        from unihema.data.transforms import TransformConfig
+
+        return TransformConfig(**_tuples(self.transforms))
+
+    def synthetic_config(self) -> Any:
+        """``synthetic`` as a :class:`unihema.data.synthetic.SyntheticConfig` (``ValueError`` on an unknown field)."""
+        from unihema.data.synthetic import SyntheticConfig
+
+        try:
+            return SyntheticConfig(**_tuples(self.synthetic))
+        except TypeError as error:
+            raise ValueError(f"data.synthetic has an unknown field ({error})") from None
+
 
 @dataclass
 class RuntimeConfig:

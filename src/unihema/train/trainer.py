@@ -123,15 +123,9 @@ class CorpusCache:
 
     def _synthetic_corpus(self) -> Any:
         if self._synthetic is None:
-            from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
+            from unihema.data.synthetic import SyntheticCorpus
 
-            fields = {
-                k: tuple(v) if isinstance(v, list) else v for k, v in self.config.data.synthetic.items()
-            }
-            try:
-                self._synthetic = SyntheticCorpus(SyntheticConfig(**fields))
-            except TypeError as error:
-                raise ValueError(f"data.synthetic has an unknown field ({error})") from None
+            self._synthetic = SyntheticCorpus(self.config.data.synthetic_config())
         return self._synthetic
 
     def _load_real(self) -> dict[str, list[Sample]]:
@@ -225,13 +219,11 @@ def stage_samples(cache: CorpusCache, stage: StageConfig) -> dict[Task, list[Sam
 def preprocessor_of(config: TrainConfig) -> Any:
     """The :class:`~unihema.inference.preprocessor.PreprocessorConfig` of a run: its transforms, padding
     and, when a stage trains on the built-in corpus, the synthetic corpus settings."""
-    from unihema.data.transforms import TransformConfig
     from unihema.inference.preprocessor import PreprocessorConfig
 
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.data.transforms.items()}
     uses_synthetic = any(SYNTHETIC in stage.datasets for stage in config.stages)
     return PreprocessorConfig(
-        transforms=TransformConfig(**fields),
+        transforms=config.data.transform_config(),
         pad_to_multiple=config.data.pad_to_multiple,
         synthetic=dict(config.data.synthetic) if uses_synthetic else None,
     )
@@ -530,13 +522,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------ stage
     def _build_loader(self, stage: StageConfig, index: int) -> Any:
         from unihema.data.loader import build_multitask_loader
-        from unihema.data.transforms import TransformConfig
 
         samples = stage_samples(self.corpus, stage)
         k = {task: stage.k_of(task) for task in samples}
-        transforms = TransformConfig(
-            **{key: tuple(v) if isinstance(v, list) else v for key, v in self.config.data.transforms.items()}
-        )
+        transforms = self.config.data.transform_config()
         loader = build_multitask_loader(
             samples, k, train=True, num_workers=self.config.data.num_workers, mode=stage.mode,
             dataset_weights=stage.dataset_weights(), seed=self.config.seed + index,

@@ -6,8 +6,7 @@ import json
 import pytest
 
 from unihema.cli import model as model_cli
-from unihema.model.configuration import ConfigError, UniHemaConfig
-from unihema.model.unihema import MODULE_GROUPS
+from unihema.model.configuration import MODULE_GROUPS, ConfigError, UniHemaConfig
 
 
 def run(argv: list[str]) -> int:

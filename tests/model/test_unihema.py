@@ -11,8 +11,9 @@ from unihema_testers import IMAGE_SIZE, PROMPTS, detection_targets, small_test_c
 from conftest import REFERENCE_ROOT, reference_file
 from unihema.data.schema import Task
 from unihema.data.vocab import CELL_CLASSES, DETECTION_CLASSES
+from unihema.model.configuration import MODULE_GROUPS
 from unihema.model.persistence import WEIGHTS_NAME, CheckpointError
-from unihema.model.unihema import MODULE_GROUPS, UniHema
+from unihema.model.unihema import UniHema
 
 Q = 20  # small_test_config num_queries
 LAYERS = 2  # small_test_config decoder layers

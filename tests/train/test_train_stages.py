@@ -10,7 +10,8 @@ from train_helpers import mini_config, write_yaml
 
 from conftest import dataset_path
 from unihema.data.schema import Task
-from unihema.train.stages import MODULE_GROUPS, SchedulerConfig, TrainConfig, TrainConfigError
+from unihema.model.configuration import MODULE_GROUPS
+from unihema.train.stages import SchedulerConfig, TrainConfig, TrainConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGE = {"name": "s1", "tasks": {"classification": ["synthetic"]}, "train": ["heads"], "max_steps": 2}

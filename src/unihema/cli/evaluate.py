@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from unihema.data.schema import SYNTHETIC_DATASET
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a saved model, one metric per task")
     parser.add_argument("--model", required=True, type=Path, help="folder written by save_pretrained")
     parser.add_argument(
-        "--data", default="synthetic",
-        help="a dataset folder in a native format, or 'synthetic' for the built-in corpus (default)",
+        "--data", default=SYNTHETIC_DATASET,
+        help=f"a dataset folder in a native format, or {SYNTHETIC_DATASET!r} for the built-in corpus (default)",
     )  # fmt: skip
     parser.add_argument("--format", help="dataset format (detected when omitted)")
     parser.add_argument("--split", default="test", help="which split to evaluate (default: test)")
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _samples_by_task(args: argparse.Namespace, preprocessor: Any = None) -> dict:
     from unihema.data.schema import Task
 
-    if args.data == "synthetic":
+    if args.data == SYNTHETIC_DATASET:
         from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
 
         # The corpus the model was trained on, when its folder records one.

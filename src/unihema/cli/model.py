@@ -55,7 +55,8 @@ def parameter_report(config: Any) -> dict[str, Any]:
     """Parameter counts per module group of the model described by ``config`` (built on ``meta``)."""
     import torch
 
-    from unihema.model.unihema import MODULE_GROUPS, UniHema
+    from unihema.model.configuration import MODULE_GROUPS
+    from unihema.model.unihema import UniHema
 
     with torch.device("meta"):
         model = UniHema.from_config(config)

@@ -34,6 +34,12 @@ UNKNOWN = -1
 """Value of an attribute (or any optional integer label) that the source did not annotate."""
 
 
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""The split names of every corpus, in order."""
+SYNTHETIC_DATASET = "synthetic"
+"""Dataset name of the built-in generated corpus."""
+
+
 class Task(str, enum.Enum):
     """The seven supervised tasks. The value is the string used in manifests, configs and the CLI."""
 

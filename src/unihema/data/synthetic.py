@@ -87,7 +87,17 @@ from scipy import ndimage
 
 from unihema.atomic import atomic_save_image, atomic_write_bytes
 from unihema.data.manifest import write_manifest
-from unihema.data.schema import UNKNOWN, ArrayImage, ArrayMask, FileImage, FileMask, Sample, Task
+from unihema.data.schema import (
+    SPLITS,
+    SYNTHETIC_DATASET,
+    UNKNOWN,
+    ArrayImage,
+    ArrayMask,
+    FileImage,
+    FileMask,
+    Sample,
+    Task,
+)
 from unihema.data.text import text_samples
 from unihema.data.vocab import (
     CELL_ATTRIBUTE_NAMES,
@@ -99,10 +109,9 @@ from unihema.data.vocab import (
     detection_index,
 )
 
-DATASET_NAME = "synthetic"
+DATASET_NAME = SYNTHETIC_DATASET
 """``Sample.dataset`` of every synthetic sample."""
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 WBC_TYPES: tuple[str, ...] = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 ABNORMAL_RBC_TYPES: tuple[str, ...] = ("sickle cell", "target cell", "elliptocyte")

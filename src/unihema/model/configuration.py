@@ -28,6 +28,8 @@ from typing import Any, ClassVar
 from unihema.atomic import atomic_write_text
 from unihema.data.vocab import CELL_CLASSES, DETECTION_CLASSES
 
+MODULE_GROUPS: tuple[str, ...] = ("B", "E_I", "D_I", "E_T", "D_T", "CMF", "TGVR", "SCFE", "QGMF", "heads")
+"""The paper's module groups (:meth:`unihema.model.unihema.UniHema.module_groups`): what a stage trains or freezes."""
 BACKBONE_DEPTHS = (18, 34, 50)
 BACKBONE_NORMS = ("frozen_bn", "bn", "gn")
 PRETRAINED_TRAINABLE_LAYERS = 3

@@ -25,8 +25,6 @@ from unihema.model.image_decoder import ImageDecoder
 from unihema.model.image_encoder import ImageEncoder
 from unihema.model.text import TextModel
 
-MODULE_GROUPS = ("B", "E_I", "D_I", "E_T", "D_T", "CMF", "TGVR", "SCFE", "QGMF", "heads")
-
 
 class UniHema(nn.Module):
     """The Uni-Hema model. Build with :meth:`from_config`, :meth:`from_preset` or :meth:`from_pretrained`."""

@@ -38,20 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unihema.data.schema import Task
+from unihema.data.schema import SPLITS, Task
+from unihema.model.configuration import MODULE_GROUPS
 from unihema.train.losses import LossConfig
 
-MODULE_GROUPS: tuple[str, ...] = ("B", "E_I", "D_I", "E_T", "D_T", "CMF", "TGVR", "SCFE", "QGMF", "heads")
-"""Module groups of the model that a stage trains or freezes (``train: all`` trains every group)."""
 BACKBONE_GROUP = "B"
 ALL_GROUPS = "all"
 SCHEDULERS: tuple[str, ...] = ("constant", "step", "cosine")
 BATCH_MODES: tuple[str, ...] = ("round_robin", "weighted", "joint")
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-SYNTHETIC = "synthetic"
-"""Dataset name of the built-in generated corpus."""
 LEAK_ACTIONS: tuple[str, ...] = ("drop", "move", "keep")
 
 

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from unihema.atomic import atomic_write_text
-from unihema.data.schema import Sample, Task
+from unihema.data.schema import SYNTHETIC_DATASET, Sample, Task
 from unihema.data.vocab import DETECTION_CLASSES, detection_index
 from unihema.train import distributed as dist_utils
 from unihema.train.checkpoint import (
@@ -64,7 +64,7 @@ from unihema.train.checkpoint import (
     step_checkpoint_name,
 )
 from unihema.train.losses import LOSS_FAMILIES, UniHemaCriterion
-from unihema.train.stages import BACKBONE_GROUP, SYNTHETIC, StageConfig, TrainConfig
+from unihema.train.stages import BACKBONE_GROUP, StageConfig, TrainConfig
 
 CONFIG_SNAPSHOT = "config.yaml"
 RUN_FILE = "run.json"
@@ -118,7 +118,7 @@ class CorpusCache:
     def real_dataset_names(self) -> list[str]:
         names: list[str] = []
         for stage in self.config.stages:
-            names += [d for d in stage.datasets if d != SYNTHETIC and d not in names]
+            names += [d for d in stage.datasets if d != SYNTHETIC_DATASET and d not in names]
         return names
 
     def _synthetic_corpus(self) -> Any:
@@ -170,14 +170,14 @@ class CorpusCache:
         return real
 
     def samples(self, dataset: str, task: Task, split: str) -> list[Sample]:
-        if dataset == SYNTHETIC:
+        if dataset == SYNTHETIC_DATASET:
             return self._synthetic_corpus().samples(task, split)
         real = self._load_real()
         return [s for s in real[dataset] if s.task is task and s.split == split]
 
     def class_mask(self, dataset: str, task: Task) -> torch.Tensor:
         """Bool ``(len(DETECTION_CLASSES),)``: the detection classes ``dataset`` annotates for ``task``."""
-        if dataset == SYNTHETIC:
+        if dataset == SYNTHETIC_DATASET:
             names: Sequence[str] = self._synthetic_corpus().annotated_classes(task)
         else:
             self._load_real()
@@ -221,7 +221,7 @@ def preprocessor_of(config: TrainConfig) -> Any:
     and, when a stage trains on the built-in corpus, the synthetic corpus settings."""
     from unihema.inference.preprocessor import PreprocessorConfig
 
-    uses_synthetic = any(SYNTHETIC in stage.datasets for stage in config.stages)
+    uses_synthetic = any(SYNTHETIC_DATASET in stage.datasets for stage in config.stages)
     return PreprocessorConfig(
         transforms=config.data.transform_config(),
         pad_to_multiple=config.data.pad_to_multiple,

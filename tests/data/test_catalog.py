@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from unihema.data.catalog import (
     paper_datasets,
     staged_datasets,
 )
+from unihema.data.catalog.loader import CATALOG_DIR, CatalogError, load_catalog, load_entries
 from unihema.data.schema import Task
 from unihema.data.vocab import CELL_CLASSES, DETECTION_CLASSES, cell_index, detection_index
 
@@ -228,3 +230,83 @@ def test_docs_table_is_in_sync_with_the_catalog(tmp_path: Path) -> None:
     written = catalog.write_catalog_markdown(tmp_path / "datasets.md")
     assert written.read_text(encoding="utf-8") == expected
     assert [p.name for p in tmp_path.iterdir()] == ["datasets.md"]  # no temporary file left
+
+
+def test_the_data_files_load_into_the_registry() -> None:
+    assert list(load_catalog(CATALOG_DIR).values()) == list_datasets()
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "message"),
+    [
+        (
+            "paper",
+            "- {name: bccd_x, display_name: BCCD, paper_task: detection, license: 3}",
+            "entry 'bccd_x'.license must be a string, got 3",
+        ),
+        (
+            "paper",
+            "- {name: x, display_name: X, paper_task: detect}",
+            "entry 'x'.paper_task must be one of detection, ",
+        ),
+        (
+            "paper",
+            "- {name: x, display_name: X, paper_task: detection, licence: MIT}",
+            "entry 'x'.licence is not a field",
+        ),
+        ("paper", "- {display_name: X, paper_task: detection}", "entry #1.name is required"),
+        (
+            "paper",
+            "- {name: x, display_name: X, paper_task: detection, aliases: [a, 3]}",
+            "entry 'x'.aliases[1] must be",
+        ),
+        (
+            "paper",
+            "- {name: x, display_name: X, paper_task: detection, paper_ref: '[999]'}",
+            "entry 'x'.paper_ref is not",
+        ),
+        (
+            "paper",
+            "- {name: x, display_name: X, paper_task: detection, classes: nope, class_vocabulary: cell}",
+            "entry 'x'.classes must name a class set",
+        ),
+        (
+            "paper",
+            "- {name: x, display_name: X, paper_task: detection, size: true}",
+            "entry 'x'.size must be",
+        ),
+        ("paper", "- name: x\n  display_name: X\n  name: y\n", "key 'name' given twice"),
+        ("paper", "name: x", "must hold a list of entries"),
+        (
+            "staged",
+            "- {name: x, display_name: X, tasks: [detection], reader: voc, github: nope}",
+            "entry 'x'.github",
+        ),
+        (
+            "staged",
+            "- {name: x, display_name: X, tasks: [detection], reader: nope}",
+            "staged entries need a reader",
+        ),
+    ],
+)
+def test_a_malformed_entry_file_names_the_file_entry_and_field(
+    tmp_path: Path, kind: str, text: str, message: str
+) -> None:
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(text + "\n", encoding="utf-8")
+    with pytest.raises(CatalogError) as error:
+        load_entries(path, kind)  # type: ignore[arg-type]
+    assert str(error.value).startswith(f"{path}: ")
+    assert message in str(error.value)
+
+
+def test_a_name_defined_twice_across_the_data_files_is_refused(tmp_path: Path) -> None:
+    for name in ("citations.yaml", "class_sets.yaml", "paper.yaml"):
+        shutil.copy(CATALOG_DIR / name, tmp_path / name)
+    (tmp_path / "staged.yaml").write_text(
+        "- {name: bccd_det, display_name: BCCD, tasks: [detection], reader: voc}\n", encoding="utf-8"
+    )
+    with pytest.raises(
+        CatalogError, match=r"staged\.yaml: entry 'bccd_det' is already defined in .*paper\.yaml"
+    ):
+        load_catalog(tmp_path)

@@ -28,6 +28,7 @@ import torch
 from torchvision.transforms import v2
 
 from unihema.data.schema import Task
+from unihema.validation import require
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -81,37 +82,40 @@ class TransformConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "det_train_sizes", tuple(int(s) for s in self.det_train_sizes))
-        if not self.det_train_sizes or any(s <= 0 for s in self.det_train_sizes):
-            raise ValueError(
-                f"TransformConfig.det_train_sizes must be positive sizes, got {self.det_train_sizes}"
-            )
+        sizes = self.det_train_sizes
+        require(
+            bool(sizes) and all(s > 0 for s in sizes),
+            "TransformConfig.det_train_sizes",
+            "must be positive sizes",
+            sizes,
+        )
         for name in ("det_eval_size", "det_max_size", "seg_size", "cls_size", "text_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"TransformConfig.{name} must be a positive int, got {value!r}")
-        if self.det_max_size < max(self.det_eval_size, *self.det_train_sizes):
-            raise ValueError(
-                f"TransformConfig.det_max_size ({self.det_max_size}) must be >= every detection shorter "
-                f"side (det_eval_size={self.det_eval_size}, det_train_sizes up to {max(self.det_train_sizes)})"
+            require(
+                isinstance(value, int) and value > 0,
+                f"TransformConfig.{name}",
+                "must be a positive int",
+                value,
             )
+        require(
+            self.det_max_size >= max(self.det_eval_size, *sizes),
+            "TransformConfig.det_max_size",
+            f"must be >= every detection shorter side (det_eval_size={self.det_eval_size}, "
+            f"det_train_sizes up to {max(sizes)})",
+            self.det_max_size,
+        )
         for name in ("hflip_prob", "vflip_prob"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"TransformConfig.{name} must be a probability in [0, 1], got {value}")
+            require(0.0 <= value <= 1.0, f"TransformConfig.{name}", "must be a probability in [0, 1]", value)
         for name in ("brightness", "contrast", "saturation"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"TransformConfig.{name} must be in [0, 1), got {value}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"TransformConfig.hue must be in [0, 0.5], got {self.hue}")
-        if self.min_box_size < 0:
-            raise ValueError(f"TransformConfig.min_box_size must be >= 0, got {self.min_box_size}")
+            require(0.0 <= value < 1.0, f"TransformConfig.{name}", "must be in [0, 1)", value)
+        require(0.0 <= self.hue <= 0.5, "TransformConfig.hue", "must be in [0, 0.5]", self.hue)
+        require(self.min_box_size >= 0, "TransformConfig.min_box_size", "must be >= 0", self.min_box_size)
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if len(value) != 3:
-                raise ValueError(f"TransformConfig.{name} needs 3 channel values, got {value}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"TransformConfig.std must be positive, got {self.std}")
+            require(len(value) == 3, f"TransformConfig.{name}", "needs 3 channel values", value)
+        require(all(s > 0 for s in self.std), "TransformConfig.std", "must be positive", self.std)
 
     def input_size(self, task: Task) -> int | None:
         """Fixed square side of ``task``'s inputs, or None for detection (variable size)."""

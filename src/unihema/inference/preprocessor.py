@@ -25,6 +25,7 @@ from typing import Any
 
 from unihema.atomic import atomic_write_text
 from unihema.data.transforms import TransformConfig
+from unihema.validation import ValidationError, require
 
 PREPROCESSOR_NAME = "preprocessor_config.json"
 FORMAT_VERSION = 1
@@ -50,8 +51,8 @@ class PreprocessorConfig:
     synthetic: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.pad_to_multiple, int) or self.pad_to_multiple < 1:
-            raise ValueError(f"pad_to_multiple must be a positive integer, got {self.pad_to_multiple!r}")
+        value = self.pad_to_multiple
+        require(isinstance(value, int) and value >= 1, "pad_to_multiple", "must be a positive integer", value)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,18 +64,19 @@ class PreprocessorConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "preprocessor config") -> PreprocessorConfig:
+        """Inverse of :meth:`to_dict`; errors are :class:`ValidationError` prefixed with ``source``."""
         if not isinstance(data, dict):
-            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+            raise ValidationError(f"{source}: expected a JSON object, got {type(data).__name__}")
         version = data.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
-            raise ValueError(
+            raise ValidationError(
                 f"{source}: format_version {version!r} is not supported (expected {FORMAT_VERSION})"
             )
         known = {f.name for f in dataclasses.fields(TransformConfig)}
         transforms = data.get("transforms") or {}
         unknown = sorted(set(transforms) - known)
         if unknown:
-            raise ValueError(f"{source}: transforms.{unknown[0]} is not a TransformConfig field")
+            raise ValidationError(f"{source}: transforms.{unknown[0]} is not a TransformConfig field")
         try:
             return cls(
                 transforms=TransformConfig(**_tuples(transforms)),
@@ -82,7 +84,7 @@ class PreprocessorConfig:
                 synthetic=data.get("synthetic"),
             )
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{source}: {error}") from None
+            raise ValidationError(f"{source}: {error}") from None
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         path = Path(directory) / PREPROCESSOR_NAME

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from unihema.model.backbone import groupnorm_groups
 from unihema.model.configuration import SCFE_INPUTS, SCFE_POOLINGS
-from unihema.model.heads import BinaryMaskHead
+from unihema.model.heads import UPSAMPLE_FACTOR, BinaryMaskHead
 from unihema.model.image_decoder import MLP
 
 # Initial scale of learnable query embeddings.
@@ -423,7 +423,7 @@ class UpstreamMaskUpsampler(nn.Module):
         width = d_model + 1
         for out in channels:
             stages += [
-                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Upsample(scale_factor=UPSAMPLE_FACTOR, mode="bilinear", align_corners=False),
                 nn.Conv2d(width, out, kernel_size=3, padding=1),
                 nn.BatchNorm2d(out),
                 nn.ReLU(inplace=True),

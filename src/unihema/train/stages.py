@@ -30,6 +30,7 @@ and the field (``configs/x.yaml: stages[2] (step3_joint).lr must be > 0, got -1`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -41,6 +42,7 @@ from typing import Any
 from unihema.data.schema import SPLITS, Task
 from unihema.model.configuration import MODULE_GROUPS
 from unihema.train.losses import LossConfig
+from unihema.validation import ValidationError, is_int, is_number, require
 
 BACKBONE_GROUP = "B"
 ALL_GROUPS = "all"
@@ -51,21 +53,11 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 LEAK_ACTIONS: tuple[str, ...] = ("drop", "move", "keep")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ValidationError):
     """An invalid training configuration; the message names the field (and the stage)."""
 
 
-def _fail(where: str, message: str, value: Any = dataclasses.MISSING) -> None:
-    suffix = "" if value is dataclasses.MISSING else f", got {value!r}"
-    raise TrainConfigError(f"{where} {message}{suffix}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+_require = functools.partial(require, error=TrainConfigError)
 
 
 @dataclass
@@ -88,16 +80,16 @@ class SchedulerConfig:
     warmup_steps: int = 0
 
     def validate(self, where: str) -> None:
-        if self.name not in SCHEDULERS:
-            _fail(f"{where}.name", f"must be one of {SCHEDULERS}", self.name)
-        if not _is_number(self.step_epochs) or self.step_epochs <= 0:
-            _fail(f"{where}.step_epochs", "must be a number > 0", self.step_epochs)
-        if not _is_number(self.gamma) or not 0 < self.gamma <= 1:
-            _fail(f"{where}.gamma", "must be in (0, 1]", self.gamma)
-        if not _is_number(self.min_lr_scale) or not 0 <= self.min_lr_scale <= 1:
-            _fail(f"{where}.min_lr_scale", "must be in [0, 1]", self.min_lr_scale)
-        if not _is_int(self.warmup_steps) or self.warmup_steps < 0:
-            _fail(f"{where}.warmup_steps", "must be an integer >= 0", self.warmup_steps)
+        step_epochs, gamma = self.step_epochs, self.gamma
+        min_scale, warmup = self.min_lr_scale, self.warmup_steps
+        for name, valid, message in (
+            ("name", self.name in SCHEDULERS, f"must be one of {SCHEDULERS}"),
+            ("step_epochs", is_number(step_epochs) and step_epochs > 0, "must be a number > 0"),
+            ("gamma", is_number(gamma) and 0 < gamma <= 1, "must be in (0, 1]"),
+            ("min_lr_scale", is_number(min_scale) and 0 <= min_scale <= 1, "must be in [0, 1]"),
+            ("warmup_steps", is_int(warmup) and warmup >= 0, "must be an integer >= 0"),
+        ):
+            _require(valid, f"{where}.{name}", message, getattr(self, name))
 
     def factor(self, step: int, total_steps: int, steps_per_epoch: int) -> float:
         """Learning-rate multiplier at optimiser step ``step`` (0-based) of a stage of ``total_steps``."""
@@ -179,64 +171,63 @@ class StageConfig:
         return None if all(w == 1.0 for w in weights.values()) else weights
 
     def validate(self, where: str) -> None:
-        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            _fail(f"{where}.name", "must be a non-empty name of letters, digits, '_', '.', '-'", self.name)
-        if not self.tasks:
-            _fail(f"{where}.tasks", "must name at least one task")
+        name_ok = isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None
+        _require(
+            name_ok, f"{where}.name", "must be a non-empty name of letters, digits, '_', '.', '-'", self.name
+        )
+        _require(bool(self.tasks), f"{where}.tasks", "must name at least one task")
         seen: dict[str, float] = {}
         for task, weights in self.tasks.items():
-            if not weights:
-                _fail(f"{where}.tasks.{task.value}", "must name at least one dataset")
+            _require(bool(weights), f"{where}.tasks.{task.value}", "must name at least one dataset")
             for dataset, weight in weights.items():
-                if not _is_number(weight) or weight < 0:
-                    _fail(f"{where}.tasks.{task.value}.{dataset}", "weight must be a number >= 0", weight)
-                if dataset in seen and seen[dataset] != weight:
-                    _fail(
-                        f"{where}.tasks.{task.value}.{dataset}",
-                        f"weight differs from the same dataset's weight in another task ({seen[dataset]})",
-                        weight,
-                    )
-                seen[dataset] = weight
-            if all(w == 0 for w in weights.values()):
-                _fail(f"{where}.tasks.{task.value}", "has only zero weights")
-        groups = self.train
-        if not groups:
-            _fail(f"{where}.train", f"must list module groups to train ({', '.join(MODULE_GROUPS)} or all)")
-        for group in groups:
-            if group != ALL_GROUPS and group not in MODULE_GROUPS:
-                _fail(
-                    f"{where}.train",
-                    f"has unknown module group {group!r} (known: {', '.join(MODULE_GROUPS)}, all)",
+                field_name = f"{where}.tasks.{task.value}.{dataset}"
+                _require(
+                    is_number(weight) and weight >= 0, field_name, "weight must be a number >= 0", weight
                 )
-        if self.epochs is None and self.max_steps is None:
-            _fail(where, "needs epochs or max_steps")
-        if self.epochs is not None and (not _is_number(self.epochs) or self.epochs <= 0):
-            _fail(f"{where}.epochs", "must be a number > 0", self.epochs)
-        if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps <= 0):
-            _fail(f"{where}.max_steps", "must be an integer > 0", self.max_steps)
-        ks = self.k_per_task.values() if isinstance(self.k_per_task, dict) else [self.k_per_task]
-        if not all(_is_int(k) and k > 0 for k in ks):
-            _fail(
-                f"{where}.k_per_task",
-                "must be a positive integer or task -> positive integer",
-                self.k_per_task,
+                if dataset in seen:
+                    other = seen[dataset]
+                    message = f"weight differs from the same dataset's weight in another task ({other})"
+                    _require(other == weight, field_name, message, weight)
+                seen[dataset] = weight
+            _require(
+                any(w != 0 for w in weights.values()), f"{where}.tasks.{task.value}", "has only zero weights"
             )
+        known_groups = ", ".join(MODULE_GROUPS)
+        _require(
+            bool(self.train), f"{where}.train", f"must list module groups to train ({known_groups} or all)"
+        )
+        for group in self.train:
+            _require(
+                group == ALL_GROUPS or group in MODULE_GROUPS,
+                f"{where}.train",
+                f"has unknown module group {group!r} (known: {known_groups}, all)",
+            )
+        _require(self.epochs is not None or self.max_steps is not None, where, "needs epochs or max_steps")
+        for name, kind, message in (
+            ("epochs", is_number, "must be a number > 0"),
+            ("max_steps", is_int, "must be an integer > 0"),
+            ("grad_clip", is_number, "must be a number > 0 or null"),
+        ):
+            value = getattr(self, name)
+            _require(value is None or (kind(value) and value > 0), f"{where}.{name}", message, value)
+        ks = self.k_per_task.values() if isinstance(self.k_per_task, dict) else [self.k_per_task]
+        _require(
+            all(is_int(k) and k > 0 for k in ks),
+            f"{where}.k_per_task",
+            "must be a positive integer or task -> positive integer",
+            self.k_per_task,
+        )
         if isinstance(self.k_per_task, dict):
             missing = [t.value for t in self.tasks if t not in self.k_per_task]
-            if missing:
-                _fail(f"{where}.k_per_task", f"has no batch size for {missing}")
-        if self.mode not in BATCH_MODES:
-            _fail(f"{where}.mode", f"must be one of {BATCH_MODES}", self.mode)
+            _require(not missing, f"{where}.k_per_task", f"has no batch size for {missing}")
+        _require(self.mode in BATCH_MODES, f"{where}.mode", f"must be one of {BATCH_MODES}", self.mode)
         for name, low_open in (("lr", True), ("backbone_lr_scale", False), ("weight_decay", False)):
             value = getattr(self, name)
-            if not _is_number(value) or value < 0 or (low_open and value == 0):
-                _fail(f"{where}.{name}", "must be a number " + ("> 0" if low_open else ">= 0"), value)
-        if len(self.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in self.betas):
-            _fail(f"{where}.betas", "must be two numbers in [0, 1)", self.betas)
-        if self.grad_clip is not None and (not _is_number(self.grad_clip) or self.grad_clip <= 0):
-            _fail(f"{where}.grad_clip", "must be a number > 0 or null", self.grad_clip)
-        if self.split not in SPLITS:
-            _fail(f"{where}.split", f"must be one of {SPLITS}", self.split)
+            valid = is_number(value) and (value > 0 if low_open else value >= 0)
+            _require(valid, f"{where}.{name}", "must be a number " + ("> 0" if low_open else ">= 0"), value)
+        betas_ok = len(self.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in self.betas)
+        _require(betas_ok, f"{where}.betas", "must be two numbers in [0, 1)", self.betas)
+        _require(self.split in SPLITS, f"{where}.split", f"must be one of {SPLITS}", self.split)
         self.scheduler.validate(f"{where}.scheduler")
 
 
@@ -245,7 +236,7 @@ class ModelSpec:
     """Which model a run starts from.
 
     Attributes:
-        preset: :meth:`unihema.model.configuration.UniHemaConfig.from_preset` name (``tiny`` or ``paper``).
+        preset: a preset of :data:`unihema.model.presets.PRESET_REGISTRY` (``tiny``, ``paper``).
         overrides: section -> fields merged into the preset (e.g. ``{vision: {num_queries: 100}}``).
         config_file: a JSON/YAML model configuration used instead of ``preset``/``overrides``.
         init_from: a directory written by ``UniHema.save_pretrained`` to start from (its configuration wins).
@@ -353,24 +344,23 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        if not _is_int(self.seed) or self.seed < 0:
-            _fail("seed", "must be an integer >= 0", self.seed)
-        if not self.stages:
-            _fail("stages", "must list at least one stage")
+        _require(is_int(self.seed) and self.seed >= 0, "seed", "must be an integer >= 0", self.seed)
+        _require(bool(self.stages), "stages", "must list at least one stage")
         names: set[str] = set()
         for index, stage in enumerate(self.stages):
             where = f"stages[{index}] ({getattr(stage, 'name', '?')})"
             stage.validate(where)
-            if stage.name in names:
-                _fail(f"{where}.name", "is used by two stages", stage.name)
+            _require(stage.name not in names, f"{where}.name", "is used by two stages", stage.name)
             names.add(stage.name)
         _validate_runtime(self.runtime)
         _validate_data(self.data)
         if self.model.config_file is None and self.model.init_from is None:
-            from unihema.model.configuration import PRESETS
+            from unihema.model.presets import PRESET_REGISTRY
 
-            if self.model.preset not in PRESETS:
-                _fail("model.preset", f"must be one of {PRESETS}", self.model.preset)
+            presets = tuple(PRESET_REGISTRY)
+            _require(
+                self.model.preset in presets, "model.preset", f"must be one of {presets}", self.model.preset
+            )
 
     # ------------------------------------------------------------------------------- dict / YAML
     @classmethod
@@ -448,10 +438,13 @@ class TrainConfig:
 
 
 def _validate_runtime(runtime: RuntimeConfig) -> None:
-    if runtime.device not in DEVICES:
-        _fail("runtime.device", f"must be one of {DEVICES}", runtime.device)
-    if runtime.precision not in PRECISIONS:
-        _fail("runtime.precision", f"must be one of {PRECISIONS}", runtime.precision)
+    _require(runtime.device in DEVICES, "runtime.device", f"must be one of {DEVICES}", runtime.device)
+    _require(
+        runtime.precision in PRECISIONS,
+        "runtime.precision",
+        f"must be one of {PRECISIONS}",
+        runtime.precision,
+    )
     for name, minimum in (
         ("log_every", 1),
         ("checkpoint_every", 0),
@@ -459,20 +452,27 @@ def _validate_runtime(runtime: RuntimeConfig) -> None:
         ("max_nonfinite_steps", 1),
     ):
         value = getattr(runtime, name)
-        if not _is_int(value) or value < minimum:
-            _fail(f"runtime.{name}", f"must be an integer >= {minimum}", value)
+        _require(
+            is_int(value) and value >= minimum, f"runtime.{name}", f"must be an integer >= {minimum}", value
+        )
 
 
 def _validate_data(data: DataSpec) -> None:
-    if data.leak_action not in LEAK_ACTIONS:
-        _fail("data.leak_action", f"must be one of {LEAK_ACTIONS}", data.leak_action)
-    if not _is_int(data.num_workers) or data.num_workers < 0:
-        _fail("data.num_workers", "must be an integer >= 0", data.num_workers)
-    if not _is_int(data.pad_to_multiple) or data.pad_to_multiple < 1:
-        _fail("data.pad_to_multiple", "must be an integer >= 1", data.pad_to_multiple)
+    _require(
+        data.leak_action in LEAK_ACTIONS,
+        "data.leak_action",
+        f"must be one of {LEAK_ACTIONS}",
+        data.leak_action,
+    )
+    for name, minimum in (("num_workers", 0), ("pad_to_multiple", 1)):
+        value = getattr(data, name)
+        _require(
+            is_int(value) and value >= minimum, f"data.{name}", f"must be an integer >= {minimum}", value
+        )
     for name in ("synthetic", "transforms", "splits", "reader_options"):
-        if not isinstance(getattr(data, name), dict):
-            _fail(f"data.{name}", "must be a mapping", getattr(data, name))
+        _require(
+            isinstance(getattr(data, name), dict), f"data.{name}", "must be a mapping", getattr(data, name)
+        )
     from unihema.data.splits import SplitConfig
     from unihema.data.transforms import TransformConfig
 
@@ -480,9 +480,9 @@ def _validate_data(data: DataSpec) -> None:
         try:
             cls(**_tuples(getattr(data, name)))
         except TypeError as error:
-            _fail(f"data.{name}", f"has an unknown field ({error})")
+            raise TrainConfigError.for_field(f"data.{name}", f"has an unknown field ({error})") from None
         except ValueError as error:
-            _fail(f"data.{name}:", str(error))
+            raise TrainConfigError.for_field(f"data.{name}:", str(error)) from None
 
 
 def _tuples(mapping: Mapping[str, Any]) -> dict[str, Any]:
@@ -493,40 +493,37 @@ def _build(cls: type, data: Any, where: str, converters: Mapping[str, Any] | Non
     """Dataclass ``cls`` from a mapping, rejecting unknown keys with the field path."""
     if data is None:
         data = {}
-    if not isinstance(data, Mapping):
-        _fail(where, "must be a mapping", data)
+    _require(isinstance(data, Mapping), where, "must be a mapping", data)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in known:
-            _fail(
-                f"{where}.{key}" if where else str(key),
-                f"is not a known field (known: {', '.join(sorted(known))})",
-            )
+        field_name = f"{where}.{key}" if where else str(key)
+        _require(key in known, field_name, f"is not a known field (known: {', '.join(sorted(known))})")
         if converters and key in converters:
             value = converters[key](value, f"{where}.{key}" if where else key)
         kwargs[key] = value
     try:
         return cls(**kwargs)
     except TypeError as error:
-        _fail(where or cls.__name__, f"is incomplete ({error})")
+        raise TrainConfigError.for_field(where or cls.__name__, f"is incomplete ({error})") from None
     except ValueError as error:
         if isinstance(error, TrainConfigError):
             raise
-        _fail(where or cls.__name__, f"is invalid: {error}")
+        raise TrainConfigError.for_field(where or cls.__name__, f"is invalid: {error}") from None
 
 
 def _task(name: Any, where: str) -> Task:
     try:
         return Task(name)
     except ValueError:
-        _fail(where, f"names an unknown task (known: {', '.join(t.value for t in Task)})", name)
-    raise AssertionError  # unreachable
+        known = ", ".join(t.value for t in Task)
+        raise TrainConfigError.for_field(where, f"names an unknown task (known: {known})", name) from None
 
 
 def _tasks(value: Any, where: str) -> dict[Task, dict[str, float]]:
-    if not isinstance(value, Mapping):
-        _fail(where, "must map task -> {dataset: weight} (or task -> [datasets])", value)
+    _require(
+        isinstance(value, Mapping), where, "must map task -> {dataset: weight} (or task -> [datasets])", value
+    )
     out: dict[Task, dict[str, float]] = {}
     for name, datasets in value.items():
         task = _task(name, f"{where}.{name}")
@@ -534,12 +531,16 @@ def _tasks(value: Any, where: str) -> dict[Task, dict[str, float]]:
             datasets = [datasets]
         if isinstance(datasets, list):
             datasets = {d: 1.0 for d in datasets}
-        if not isinstance(datasets, Mapping):
-            _fail(f"{where}.{name}", "must map dataset -> weight or list datasets", datasets)
+        _require(
+            isinstance(datasets, Mapping),
+            f"{where}.{name}",
+            "must map dataset -> weight or list datasets",
+            datasets,
+        )
         for dataset in datasets:
-            if not isinstance(dataset, str) or not dataset:
-                _fail(f"{where}.{name}", "dataset names must be non-empty strings", dataset)
-        out[task] = {d: (float(w) if _is_number(w) else w) for d, w in datasets.items()}
+            valid = isinstance(dataset, str) and dataset != ""
+            _require(valid, f"{where}.{name}", "dataset names must be non-empty strings", dataset)
+        out[task] = {d: (float(w) if is_number(w) else w) for d, w in datasets.items()}
     return out
 
 
@@ -552,8 +553,7 @@ def _k_per_task(value: Any, where: str) -> int | dict[Task, int]:
 def _train_groups(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list | tuple):
-        _fail(where, "must be a list of module groups", value)
+    _require(isinstance(value, list | tuple), where, "must be a list of module groups", value)
     return tuple(value)
 
 
@@ -575,15 +575,14 @@ def _stage(value: Any, index: int) -> StageConfig:
 
 
 def _train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
-    if not isinstance(data, Mapping):
-        _fail("configuration", "must be a mapping", data)
+    _require(isinstance(data, Mapping), "configuration", "must be a mapping", data)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in data:
-        if key not in known:
-            _fail(str(key), f"is not a known section (known: {', '.join(sorted(known))})")
+        _require(key in known, str(key), f"is not a known section (known: {', '.join(sorted(known))})")
     stages = data.get("stages")
-    if not isinstance(stages, list) or not stages:
-        _fail("stages", "must be a non-empty list of stages", stages)
+    _require(
+        isinstance(stages, list) and len(stages) > 0, "stages", "must be a non-empty list of stages", stages
+    )
     return TrainConfig(
         stages=[_stage(stage, i) for i, stage in enumerate(stages)],
         model=_build(ModelSpec, data.get("model"), "model"),

@@ -87,8 +87,8 @@ def test_wbcatt_staged_rows_and_single_warning() -> None:
 @pytest.mark.realdata
 def test_wbcatt_train_attribute_counts_match_source() -> None:
     root = dataset_path("wbcatt")
-    report = ReadReport("wbcatt")
-    rows = read_attribute_csv(root / "submission" / "pbc_attr_v1_train.csv", report, root)
+    report = ReadReport("wbcatt", root)
+    rows = read_attribute_csv(root / "submission" / "pbc_attr_v1_train.csv", report)
     assert len(rows) == 6169 and not report.skipped and not report.fixed
     assert Counter(r.label for r in rows) == {
         "Basophil": 744,

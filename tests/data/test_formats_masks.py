@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import dataset_path
-from unihema.data.formats._readutil import ReaderWarning
+from unihema.data.formats._common import ReaderWarning
 from unihema.data.formats.base import WrongFormatError, detect_format, get_reader
 from unihema.data.formats.masks import MaskReader
 from unihema.data.formats.voc import VocReader
@@ -19,7 +19,7 @@ from unihema.data.schema import Task
 from unihema.data.vocab import CELL_CLASSES, detection_index
 
 # Expected skips are asserted with pytest.warns; keep the re-emitted ones out of the summary.
-pytestmark = pytest.mark.filterwarnings("ignore::unihema.data.formats._readutil.ReaderWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::unihema.data.formats._common.ReaderWarning")
 
 NUCLEUS_MASKS = "BloodImageSetS6NucSeg_masks"
 WBC_CLASSES = {

@@ -20,7 +20,7 @@ from unihema.data.schema import UNKNOWN, Task
 from unihema.data.vocab import DETECTION_CLASSES, FOV_ATTRIBUTE_NAMES, detection_index
 
 # Expected skips are asserted with pytest.warns; keep the re-emitted ones out of the summary.
-pytestmark = pytest.mark.filterwarnings("ignore::unihema.data.formats._readutil.ReaderWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::unihema.data.formats._common.ReaderWarning")
 
 TXL_LABELS = Path("TXL_PBC/labels")
 FIOCRUZ = Path("Malaria.v2-dataset_1_to_7_esquerdo")

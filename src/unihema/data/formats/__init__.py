@@ -6,9 +6,12 @@
 | ``yolo`` | YOLO txt boxes (train/val/test folders, data.yaml) | txl_pbc, fiocruz_malaria_thick |
 | ``coco`` | COCO json boxes / polygons | any COCO export |
 | ``masks`` | image + mask pairs with a value mapping | segmentation_wbc, bccd_nucleus_masks |
-| ``folders`` | class folders (single cells, field-level labels, cells with paired masks) | pbc, bccd_wbc_crops, sickle_uganda, erythrocytesidb1 |
+| ``folders`` | class folders, one module per layout (single cells, field-level labels, cells with paired masks) | pbc, bccd_wbc_crops, sickle_uganda, erythrocytesidb1 |
 | ``attributes`` | attribute CSV joined to images | wbcatt (with pbc) |
 | ``points`` | point annotations turned into single-cell crops | chula_rbc12 |
+
+What every reader shares (the skip/fix record :class:`~unihema.data.formats._common.ReadReport`, the
+read context, split names, image checks and the box policy) is in :mod:`unihema.data.formats._common`.
 
 Each reader's ``priority`` orders :func:`unihema.data.formats.base.detect_format`: specific formats first.
 """

@@ -32,12 +32,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from unihema.data.formats._readutil import check_image, describe_folder, split_from_name
+from unihema.data.formats._common import (
+    ReadReport,
+    cell_class_names,
+    check_image,
+    check_options,
+    describe_folder,
+    parse_tasks,
+    split_from_name,
+)
 from unihema.data.formats.base import WrongFormatError, register_reader
-from unihema.data.formats.folders import ReadReport, parse_tasks, prefix_info, relative
+from unihema.data.formats.folders.imagefolder import prefix_info
 from unihema.data.schema import UNKNOWN, FileImage, ReadResult, Sample, Task
 from unihema.data.text import text_samples
-from unihema.data.vocab import CELL_ATTRIBUTE_NAMES, CELL_ATTRIBUTES, CELL_CLASSES, cell_index
+from unihema.data.vocab import CELL_ATTRIBUTE_NAMES, CELL_ATTRIBUTES, cell_index
 
 ID_COLUMN, LABEL_COLUMN, PATH_COLUMN = "img_name", "label", "path"
 REQUIRED_COLUMNS: tuple[str, ...] = (ID_COLUMN, LABEL_COLUMN, PATH_COLUMN)
@@ -50,6 +58,7 @@ REANNOTATION_GLOB = "*reannotation*.csv"
 DEFAULT_DISEASE = "healthy"  # PBC images come from healthy donors
 
 _ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = dict(CELL_ATTRIBUTES)
+_OPTIONS = ("images_root", "splits", "tasks", "verify_images", "disease", "text_seed")
 _MISSING_GROUP = "rows whose image is not under images_root (image set staged only in part)"
 
 
@@ -106,10 +115,10 @@ def find_attribute_csvs(root: Path) -> list[Path]:
     return found
 
 
-def read_attribute_csv(path: Path, report: ReadReport, root: Path | None = None) -> list[AttributeRow]:
-    """Parse one attribute CSV; problems go to ``report`` as ``<csv>:<line>`` items (see module doc)."""
-    path = Path(path)
-    name = relative(path, root) if root is not None else path.name
+def read_attribute_csv(path: Path, report: ReadReport) -> list[AttributeRow]:
+    """Parse one attribute CSV; problems go to ``report`` as ``<csv>:<line>`` items (see module doc), the
+    CSV named relative to the report's root."""
+    name = report.relative(Path(path))
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
@@ -192,10 +201,7 @@ class AttributeCsvReader:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: not a directory")
-        known = {"images_root", "splits", "tasks", "verify_images", "disease", "text_seed"}
-        unknown = set(options) - known
-        if unknown:
-            raise TypeError(f"attributes reader: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+        check_options(options, _OPTIONS, "attributes")
         csvs = find_attribute_csvs(root)
         if not csvs:
             raise WrongFormatError(
@@ -220,7 +226,7 @@ class AttributeCsvReader:
         verify = bool(options.get("verify_images", False))
         disease = options.get("disease", DEFAULT_DISEASE)
         text_seed = options.get("text_seed", 0)
-        report = ReadReport(name)
+        report = ReadReport(name, root)
 
         samples: list[Sample] = []
         seen: dict[str, str] = {}
@@ -228,7 +234,7 @@ class AttributeCsvReader:
             split = split_from_name(csv_path.stem)
             if wanted_splits is not None and split not in wanted_splits:
                 continue
-            for row in read_attribute_csv(csv_path, report, root):
+            for row in read_attribute_csv(csv_path, report):
                 if row.img_name in seen:
                     report.skip(row.source, f"{row.img_name} already annotated at {seen[row.img_name]}")
                     continue
@@ -267,9 +273,7 @@ class AttributeCsvReader:
                     },
                 )
                 samples.extend(_expand(base, tasks, text_seed))
-        report.emit_warnings()
-        classes = sorted({CELL_CLASSES[s.cell_class] for s in samples if s.cell_class is not None})
-        return ReadResult(name, self.name, samples, report.skipped, report.fixed, tuple(classes))
+        return report.finish(self.name, samples, cell_class_names(samples))
 
 
 def _expand(base: Sample, tasks: tuple[Task, ...], text_seed: int | str) -> list[Sample]:
@@ -304,8 +308,8 @@ def find_reannotation_csv(root: Path) -> Path:
 def read_reannotations(root: Path) -> dict[str, AttributeRow]:
     """The re-annotation rows keyed by ``img_name`` (problems are warned about as in :meth:`read`)."""
     root = Path(root)
-    report = ReadReport("wbcatt re-annotation")
-    rows = read_attribute_csv(find_reannotation_csv(root), report, root)
+    report = ReadReport("wbcatt re-annotation", root)
+    rows = read_attribute_csv(find_reannotation_csv(root), report)
     report.emit_warnings()
     return {row.img_name: row for row in rows}
 
@@ -333,10 +337,10 @@ def annotator_agreement(root: Path) -> dict[str, Agreement]:
     from sklearn.metrics import cohen_kappa_score
 
     root = Path(root)
-    report = ReadReport("wbcatt")
+    report = ReadReport("wbcatt", root)
     original: dict[str, AttributeRow] = {}
     for csv_path in find_attribute_csvs(root):
-        for row in read_attribute_csv(csv_path, report, root):
+        for row in read_attribute_csv(csv_path, report):
             original.setdefault(row.img_name, row)
     report.emit_warnings()
     again = read_reannotations(root)

@@ -11,7 +11,7 @@ Per annotation, optional field-of-view attributes (the 6 LeukemiaAttri attribute
 ``attributes`` dict or from top-level keys of the same names; values may be value names or indices. An
 image with at least one attribute value is a ``fov_morphology`` sample, else a ``detection`` sample.
 
-Quirk policy: see :mod:`unihema.data.formats._readutil` for boxes. An annotation whose category is unknown
+Quirk policy: see :mod:`unihema.data.formats._common` for boxes. An annotation whose category is unknown
 (not in ``categories``, or not in the vocabulary) makes its image skipped: dropping the box alone would
 teach that object as background. Crowd regions (``iscrowd=1``) are not boxes; they are left out of the
 targets and kept in ``Sample.extra["crowd_boxes"]``.
@@ -20,12 +20,15 @@ targets and kept in ``Sample.extra["crowd_boxes"]``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unihema.data.formats._readutil import (
+from unihema.data.formats._common import (
+    ReadContext,
+    ReadReport,
     annotated,
     candidate_dirs,
     canonical_split,
@@ -34,9 +37,6 @@ from unihema.data.formats._readutil import (
     dataset_name,
     default_disease,
     describe_folder,
-    fix,
-    rel,
-    skip,
     split_from_name,
 )
 from unihema.data.formats.base import WrongFormatError, register_reader
@@ -153,161 +153,163 @@ class CocoReader:
                 f"{root}: expected a COCO json (with images, annotations and categories), found {describe_folder(root)}"
             )
         name = dataset_name(root, dataset)
-        result = ReadResult(dataset=name, format=self.name)
-        disease = default_disease(name, disease)
         extra_root = Path(images_root) if images_root is not None else None
         if extra_root is not None and not extra_root.is_absolute():
             extra_root = root / extra_root
+        record = ReadReport(name, root, warn_at_once=True)
+        context = _CocoContext(
+            record=record,
+            disease=default_disease(name, disease),
+            verify=verify_images,
+            class_map=class_map or {},
+            images_root=extra_root,
+        )
+        samples: list[Sample] = []
         seen: set[int] = set()
         for path in files:
-            seen |= self._read_file(
-                path, root, result, name, disease, verify_images, extra_root, class_map or {}
-            )
-        result.annotated_classes = annotated(seen)
-        return result
+            seen |= _read_file(context, path, samples)
+        return record.finish(self.name, samples, annotated(seen))
 
-    def _read_file(
-        self,
-        path: Path,
-        root: Path,
-        result: ReadResult,
-        name: str,
-        disease: str | None,
-        verify: bool,
-        images_root: Path | None,
-        class_map: dict[str, str],
-    ) -> set[int]:
-        where = rel(path, root)
+
+@dataclass(frozen=True, kw_only=True)
+class _CocoContext(ReadContext):
+    """The shared read context plus the ``images_root`` option.
+
+    Attributes:
+        images_root: folder tried first for each ``file_name`` (absolute), or ``None``.
+    """
+
+    images_root: Path | None = None
+
+
+@dataclass(frozen=True)
+class _CocoFile:
+    """One parsed annotation file, as its images need it.
+
+    Attributes:
+        where: the file, relative to the dataset root (starts every skipped or fixed item of its images).
+        categories: category id -> vocabulary index, or the reason the category is unusable.
+        annotations: image id -> its annotations.
+        image_dirs: folders an image ``file_name`` is looked for in, in order.
+        split: split named by the file name or its folder, or ``None``.
+    """
+
+    where: str
+    categories: dict[Any, int | str]
+    annotations: dict[Any, list[dict[str, Any]]]
+    image_dirs: list[Path]
+    split: str | None
+
+
+def _read_file(context: _CocoContext, path: Path, samples: list[Sample]) -> set[int]:
+    """Append the samples of one annotation file; return the vocabulary indices of its categories."""
+    record = context.record
+    where = record.relative(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        record.skip(where, f"unreadable json ({err})")
+        return set()
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        record.skip(where, "not a COCO annotation file: no `images` list")
+        return set()
+    categories: dict[Any, int | str] = {}
+    for cat in data.get("categories") or []:
+        cat_name = str(cat.get("name", ""))
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            skip(result, where, f"unreadable json ({err})")
-            return set()
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            skip(result, where, "not a COCO annotation file: no `images` list")
-            return set()
-        categories: dict[Any, int | str] = {}  # category id -> vocabulary index, or the reason it is unusable
-        for cat in data.get("categories") or []:
-            cat_name = str(cat.get("name", ""))
-            try:
-                categories[cat.get("id")] = detection_index(class_map.get(cat_name, cat_name))
-            except KeyError:
-                categories[cat.get("id")] = f"category {cat_name!r} is not in the detection vocabulary"
-        by_image: dict[Any, list[dict[str, Any]]] = {}
-        for ann in data.get("annotations") or []:
-            by_image.setdefault(ann.get("image_id"), []).append(ann)
-        split = _split_of(path)
-        dirs = _image_dirs(path, images_root)
-        for info in data["images"]:
-            sample = self._read_image(
-                info,
-                by_image.get(info.get("id"), []),
-                categories,
-                dirs,
-                where,
-                root,
-                result,
-                name,
-                disease,
-                verify,
-                split,
-            )
-            if sample is not None:
-                result.samples.append(sample)
-        # Every declared category is annotated (an image without its boxes has none of it).
-        return {value for value in categories.values() if isinstance(value, int)}
+            categories[cat.get("id")] = detection_index(context.class_map.get(cat_name, cat_name))
+        except KeyError:
+            categories[cat.get("id")] = f"category {cat_name!r} is not in the detection vocabulary"
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for ann in data.get("annotations") or []:
+        by_image.setdefault(ann.get("image_id"), []).append(ann)
+    coco_file = _CocoFile(
+        where, categories, by_image, _image_dirs(path, context.images_root), _split_of(path)
+    )
+    for info in data["images"]:
+        sample = _read_image(context, coco_file, info)
+        if sample is not None:
+            samples.append(sample)
+    # Every declared category is annotated (an image without its boxes has none of it).
+    return {value for value in categories.values() if isinstance(value, int)}
 
-    def _read_image(
-        self,
-        info: dict[str, Any],
-        anns: list[dict[str, Any]],
-        categories: dict[Any, int | str],
-        dirs: list[Path],
-        where: str,
-        root: Path,
-        result: ReadResult,
-        name: str,
-        disease: str | None,
-        verify: bool,
-        split: str | None,
-    ) -> Sample | None:
-        file_name = str(info.get("file_name", ""))
-        item = f"{where}: image {info.get('id')} ({file_name})"
-        if not file_name:
-            skip(result, item, "image entry has no file_name")
+
+def _read_image(context: _CocoContext, coco_file: _CocoFile, info: dict[str, Any]) -> Sample | None:
+    """The sample of one ``images`` entry, or ``None`` (recorded as skipped)."""
+    record = context.record
+    file_name = str(info.get("file_name", ""))
+    item = f"{coco_file.where}: image {info.get('id')} ({file_name})"
+    if not file_name:
+        record.skip(item, "image entry has no file_name")
+        return None
+    image = next((d / file_name for d in coco_file.image_dirs if (d / file_name).is_file()), None)
+    if image is None:
+        record.skip(item, f"image file {file_name} not found")
+        return None
+    size: tuple[int, int] | None = None
+    if isinstance(info.get("width"), (int, float)) and isinstance(info.get("height"), (int, float)):
+        size = (int(info["height"]), int(info["width"]))
+    if context.verify or size is None:
+        real, problem = check_image(image, context.verify)
+        if problem:
+            record.skip(item, problem)
             return None
-        image = next((d / file_name for d in dirs if (d / file_name).is_file()), None)
-        if image is None:
-            skip(result, item, f"image file {file_name} not found")
+        if size is not None and real != size:
+            record.skip(item, f"json size {size[1]}x{size[0]} differs from the image {real[1]}x{real[0]}")
             return None
-        size: tuple[int, int] | None = None
-        if isinstance(info.get("width"), (int, float)) and isinstance(info.get("height"), (int, float)):
-            size = (int(info["height"]), int(info["width"]))
-        if verify or size is None:
-            real, problem = check_image(image, verify)
-            if problem:
-                skip(result, item, problem)
-                return None
-            if size is not None and real != size:
-                skip(
-                    result, item, f"json size {size[1]}x{size[0]} differs from the image {real[1]}x{real[0]}"
-                )
-                return None
-            size = real
-        boxes, labels, attrs, crowd = [], [], [], []
-        for ann in anns:
-            category = categories.get(
-                ann.get("category_id"), f"category id {ann.get('category_id')} is not defined"
-            )
-            if isinstance(category, str):
-                skip(result, item, f"annotation {ann.get('id')}: {category}")
-                return None
-            bbox = ann.get("bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4):
-                bbox = _polygon_box(ann.get("segmentation"))
-                if bbox is None:
-                    skip(
-                        result, item, f"annotation {ann.get('id')} has neither a 4-number bbox nor a polygon"
-                    )
-                    return None
-                fix(result, item, f"annotation {ann.get('id')}: box taken around its polygon (no bbox)")
-            try:
-                x, y, w, h = (float(v) for v in bbox)
-            except (TypeError, ValueError):
-                skip(result, item, f"annotation {ann.get('id')}: bbox {bbox} is not 4 numbers")
-                return None
-            if ann.get("iscrowd"):
-                crowd.append([x, y, x + w, y + h])
-                continue
-            values, problems = _attribute_values(ann)
-            for problem in problems:
-                fix(result, item, f"annotation {ann.get('id')}: {problem}: read as unknown")
-            boxes.append([x, y, x + w, y + h])
-            labels.append(category)
-            attrs.append(values)
-        checked = clean_boxes(np.asarray(boxes).reshape(-1, 4), np.asarray(labels, dtype=np.int64), size)
-        if checked.error:
-            skip(result, item, checked.error)
-            return None
-        for what in checked.fixes:
-            fix(result, item, what)
-        attributes = np.asarray(attrs, dtype=np.int64).reshape(-1, len(FOV_ATTRIBUTES))[checked.keep]
-        extra: dict[str, Any] = {"image_id": info.get("id")}
-        if crowd:
-            fix(result, item, f"{len(crowd)} crowd region(s) left out of the box targets")
-            extra["crowd_boxes"] = np.asarray(crowd, dtype=np.float32)
-        has_attributes = bool((attributes != UNKNOWN).any())
-        return Sample(
-            image=FileImage(image),
-            task=Task.FOV_MORPHOLOGY if has_attributes else Task.DETECTION,
-            dataset=name,
-            sample_id=rel(image, root),
-            split=split,
-            disease=disease,
-            boxes=checked.boxes,
-            box_labels=checked.labels,
-            box_attributes=attributes,
-            image_size=size,
-            source_path=image,
-            extra=extra,
+        size = real
+    boxes, labels, attrs, crowd = [], [], [], []
+    for ann in coco_file.annotations.get(info.get("id"), []):
+        category = coco_file.categories.get(
+            ann.get("category_id"), f"category id {ann.get('category_id')} is not defined"
         )
+        if isinstance(category, str):
+            record.skip(item, f"annotation {ann.get('id')}: {category}")
+            return None
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            bbox = _polygon_box(ann.get("segmentation"))
+            if bbox is None:
+                record.skip(item, f"annotation {ann.get('id')} has neither a 4-number bbox nor a polygon")
+                return None
+            record.fix(item, f"annotation {ann.get('id')}: box taken around its polygon (no bbox)")
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            record.skip(item, f"annotation {ann.get('id')}: bbox {bbox} is not 4 numbers")
+            return None
+        if ann.get("iscrowd"):
+            crowd.append([x, y, x + w, y + h])
+            continue
+        values, problems = _attribute_values(ann)
+        for problem in problems:
+            record.fix(item, f"annotation {ann.get('id')}: {problem}: read as unknown")
+        boxes.append([x, y, x + w, y + h])
+        labels.append(category)
+        attrs.append(values)
+    checked = clean_boxes(np.asarray(boxes).reshape(-1, 4), np.asarray(labels, dtype=np.int64), size)
+    if checked.error:
+        record.skip(item, checked.error)
+        return None
+    for what in checked.fixes:
+        record.fix(item, what)
+    attributes = np.asarray(attrs, dtype=np.int64).reshape(-1, len(FOV_ATTRIBUTES))[checked.keep]
+    extra: dict[str, Any] = {"image_id": info.get("id")}
+    if crowd:
+        record.fix(item, f"{len(crowd)} crowd region(s) left out of the box targets")
+        extra["crowd_boxes"] = np.asarray(crowd, dtype=np.float32)
+    has_attributes = bool((attributes != UNKNOWN).any())
+    return Sample(
+        image=FileImage(image),
+        task=Task.FOV_MORPHOLOGY if has_attributes else Task.DETECTION,
+        dataset=context.dataset,
+        sample_id=record.relative(image),
+        split=coco_file.split,
+        disease=context.disease,
+        boxes=checked.boxes,
+        box_labels=checked.labels,
+        box_attributes=attributes,
+        image_size=size,
+        source_path=image,
+        extra=extra,
+    )

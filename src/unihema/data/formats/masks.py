@@ -25,7 +25,7 @@ also given as single-cell classification samples.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,16 +33,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from unihema.data.formats._readutil import (
+from unihema.data.formats._common import (
     IMAGE_EXTENSIONS,
+    ReadContext,
+    ReadReport,
     candidate_dirs,
     check_image,
     dataset_name,
     default_disease,
     describe_folder,
-    fix,
-    rel,
-    skip,
 )
 from unihema.data.formats.base import WrongFormatError, register_reader
 from unihema.data.formats.voc import read_split_lists
@@ -288,161 +287,155 @@ class MaskReader:
         if not any(p.image is not None and p.mask is not None for p in pairs):
             expected = f"PNG masks whose images are in {image_dir}" if image_dir else "image + PNG mask pairs"
             raise WrongFormatError(f"{root}: expected {expected}, found {describe_folder(root)}")
-        result = ReadResult(dataset=name, format=self.name)
-        disease = default_disease(name, disease)
+        record = ReadReport(name, root, warn_at_once=True)
         split_of: dict[str, str] = {}
         if use_split_lists and known.split_lists_from_images and image_dir is not None:
             split_of, _ = read_split_lists(image_dir.parent)
-        class_labels = self._class_labels(pairs, root, result)
+        context = _MaskContext(
+            record=record,
+            disease=default_disease(name, disease),
+            verify=verify_images,
+            split_of=split_of,
+            mapping=mapping,
+            foreground=foreground,
+            class_codes=known.class_codes,
+            class_labels=_class_labels(record, pairs),
+        )
+        samples: list[Sample] = []
         cell_classes: set[int] = set()
         for pair in pairs:
             if pair.mask is None:
                 assert pair.image is not None
-                skip(result, rel(pair.image, root), f"image has no mask {pair.image.stem}.png")
+                record.skip(pair.image, f"image has no mask {pair.image.stem}.png")
                 continue
             if pair.image is None:
-                where_images = rel(image_dir, root) if image_dir is not None else rel(pair.group, root)
-                skip(result, rel(pair.mask, root), f"mask has no image {pair.mask.stem}.* in {where_images}")
+                where_images = record.relative(image_dir if image_dir is not None else pair.group)
+                record.skip(pair.mask, f"mask has no image {pair.mask.stem}.* in {where_images}")
                 continue
-            sample = self._pair_sample(
-                pair,
-                root,
-                result,
-                name,
-                disease,
-                verify_images,
-                mapping,
-                foreground,
-                split_of,
-                class_labels,
-                known,
-            )
+            sample = _pair_sample(context, pair)
             if sample is None:
                 continue
-            result.samples.append(sample)
+            samples.append(sample)
             if classification and "cell_class" in sample.extra:
                 cell_classes.add(sample.extra["cell_class"])
-                result.samples.append(
+                samples.append(
                     Sample(
                         image=sample.image,
                         task=Task.CLASSIFICATION,
                         dataset=name,
                         sample_id=f"{sample.sample_id}#classification",
                         split=sample.split,
-                        disease=disease,
+                        disease=context.disease,
                         cell_class=sample.extra["cell_class"],
                         image_size=sample.image_size,
                         source_path=sample.source_path,
                         extra={"class_name": sample.extra["class_name"]},
                     )
                 )
-        result.annotated_classes = tuple(CELL_CLASSES[i] for i in sorted(cell_classes))
-        return result
+        return record.finish(self.name, samples, (CELL_CLASSES[i] for i in sorted(cell_classes)))
 
-    def _class_labels(
-        self, pairs: list[MaskPair], root: Path, result: ReadResult
-    ) -> dict[Path, dict[str, str]]:
-        """CSV labels per pair folder; CSV rows naming no image are reported as skipped."""
-        labels: dict[Path, dict[str, str]] = {}
-        for group in sorted({p.group for p in pairs}):
-            csv_path = _class_csv_for(group, root)
-            if csv_path is None:
-                continue
-            try:
-                table, problems = _read_class_csv(csv_path)
-            except (OSError, UnicodeDecodeError, csv.Error) as err:
-                skip(result, rel(csv_path, root), f"unreadable class CSV ({err})")
-                continue
-            for problem in problems:
-                skip(result, rel(csv_path, root), problem)
-            stems = {_normal_id(p.stem) for p in pairs if p.group == group}
-            for image_id in sorted(set(table) - stems):
-                skip(
-                    result,
-                    rel(csv_path, root),
-                    f"class row for image id {image_id}: no such mask in {group.name}",
-                )
-            labels[group] = table
-        return labels
 
-    def _pair_sample(
-        self,
-        pair: MaskPair,
-        root: Path,
-        result: ReadResult,
-        name: str,
-        disease: str | None,
-        verify: bool,
-        mapping: str | Sequence[int],
-        foreground: dict[str, Any],
-        split_of: dict[str, str],
-        class_labels: dict[Path, dict[str, str]],
-        known: KnownMaskLayout,
-    ) -> Sample | None:
-        assert pair.image is not None and pair.mask is not None
-        where = rel(pair.mask, root)
-        size, problem = check_image(pair.image, verify)
-        if problem:
-            skip(result, rel(pair.image, root), problem)
-            return None
-        mask_size, problem = check_image(pair.mask, verify)
-        if problem:
-            skip(result, where, problem.replace("image", "mask", 1))
-            return None
-        if mask_size != size:
-            skip(result, where, f"mask is {mask_size[1]}x{mask_size[0]} but its image is {size[1]}x{size[0]}")
-            return None
-        extra: dict[str, Any] = {"mask_path": pair.mask, "mapping": mapping}
-        if pair.group != root:
-            extra["group"] = rel(pair.group, root)
-        if verify:
-            self._check_levels(pair.mask, where, mapping, result, extra)
-        label = class_labels.get(pair.group, {}).get(_normal_id(pair.mask.stem))
-        if label is not None:
-            class_name = known.class_codes.get(label, label)
-            extra["class_label"] = label
-            extra["class_name"] = class_name
-            try:
-                extra["cell_class"] = cell_index(class_name)
-            except KeyError:
-                fix(
-                    result, where, f"class {label!r} is not in the single-cell vocabulary: kept in extra only"
-                )
-        image_under_root = rel(pair.image, root) if not rel(pair.image, root).startswith("/") else None
-        return Sample(
-            image=FileImage(pair.image),
-            task=Task.SEGMENTATION,
-            dataset=name,
-            sample_id=image_under_root or where,
-            split=split_of.get(pair.image.stem),
-            disease=disease,
-            mask=FileMask(pair.mask, **foreground),
-            image_size=size,
-            source_path=pair.image,
-            extra=extra,
+@dataclass(frozen=True, kw_only=True)
+class _MaskContext(ReadContext):
+    """The shared read context plus how masks and class labels are read.
+
+    Attributes:
+        mapping: the ``mapping`` option (which mask values are foreground), kept in ``Sample.extra``.
+        foreground: the :class:`~unihema.data.schema.FileMask` arguments ``mapping`` stands for.
+        class_codes: CSV class code -> cell class name (empty when the CSV holds names).
+        class_labels: pair folder -> normalised image id -> CSV class label.
+    """
+
+    mapping: str | Sequence[int] = "nonzero"
+    foreground: Mapping[str, Any] = field(default_factory=dict)
+    class_codes: Mapping[str, str] = field(default_factory=dict)
+    class_labels: Mapping[Path, Mapping[str, str]] = field(default_factory=dict)
+
+
+def _class_labels(record: ReadReport, pairs: list[MaskPair]) -> dict[Path, dict[str, str]]:
+    """CSV labels per pair folder; CSV rows naming no image are reported as skipped."""
+    labels: dict[Path, dict[str, str]] = {}
+    for group in sorted({p.group for p in pairs}):
+        csv_path = _class_csv_for(group, record.root)
+        if csv_path is None:
+            continue
+        try:
+            table, problems = _read_class_csv(csv_path)
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            record.skip(csv_path, f"unreadable class CSV ({err})")
+            continue
+        for problem in problems:
+            record.skip(csv_path, problem)
+        stems = {_normal_id(p.stem) for p in pairs if p.group == group}
+        for image_id in sorted(set(table) - stems):
+            record.skip(csv_path, f"class row for image id {image_id}: no such mask in {group.name}")
+        labels[group] = table
+    return labels
+
+
+def _pair_sample(context: _MaskContext, pair: MaskPair) -> Sample | None:
+    """The segmentation sample of one image + mask pair, or ``None`` (recorded as skipped)."""
+    assert pair.image is not None and pair.mask is not None
+    record = context.record
+    where = record.relative(pair.mask)
+    size, problem = check_image(pair.image, context.verify)
+    if problem:
+        record.skip(pair.image, problem)
+        return None
+    mask_size, problem = check_image(pair.mask, context.verify)
+    if problem:
+        record.skip(where, problem.replace("image", "mask", 1))
+        return None
+    if mask_size != size:
+        record.skip(where, f"mask is {mask_size[1]}x{mask_size[0]} but its image is {size[1]}x{size[0]}")
+        return None
+    extra: dict[str, Any] = {"mask_path": pair.mask, "mapping": context.mapping}
+    if pair.group != record.root:
+        extra["group"] = record.relative(pair.group)
+    if context.verify:
+        _check_levels(context, pair.mask, extra)
+    label = context.class_labels.get(pair.group, {}).get(_normal_id(pair.mask.stem))
+    if label is not None:
+        class_name = context.class_codes.get(label, label)
+        extra["class_label"] = label
+        extra["class_name"] = class_name
+        try:
+            extra["cell_class"] = cell_index(class_name)
+        except KeyError:
+            record.fix(where, f"class {label!r} is not in the single-cell vocabulary: kept in extra only")
+    image_rel = record.relative(pair.image)
+    return Sample(
+        image=FileImage(pair.image),
+        task=Task.SEGMENTATION,
+        dataset=context.dataset,
+        sample_id=image_rel if not image_rel.startswith("/") else where,
+        split=context.split_of.get(pair.image.stem),
+        disease=context.disease,
+        mask=FileMask(pair.mask, **context.foreground),
+        image_size=size,
+        source_path=pair.image,
+        extra=extra,
+    )
+
+
+def _check_levels(context: _MaskContext, mask: Path, extra: dict[str, Any]) -> None:
+    """Note an empty mask; record RGBA masks and values off the expected levels as fixed."""
+    record, where, mapping = context.record, context.record.relative(mask), context.mapping
+    with Image.open(mask) as im:
+        mode = im.mode
+        grey = mask_to_grey(im)
+    if mode in ("RGBA", "LA"):
+        record.fix(where, f"{mode} mask read as the brightest colour channel where alpha > 0")
+    values, counts = np.unique(grey, return_counts=True)
+    if values.size == 1 and values[0] == 0:
+        extra["empty_mask"] = True
+    levels = MAPPING_LEVELS.get(mapping) if isinstance(mapping, str) else None
+    if levels is None:
+        return
+    stray = ~np.isin(values, levels)
+    if stray.any():
+        listed = ", ".join(str(v) for v in values[stray].tolist())
+        record.fix(
+            where,
+            f"stray mask values {listed} ({int(counts[stray].sum())} px) snapped to the nearest of {levels}",
         )
-
-    @staticmethod
-    def _check_levels(
-        mask: Path, where: str, mapping: str | Sequence[int], result: ReadResult, extra: dict[str, Any]
-    ) -> None:
-        with Image.open(mask) as im:
-            mode = im.mode
-            grey = mask_to_grey(im)
-        if mode in ("RGBA", "LA"):
-            fix(result, where, f"{mode} mask read as the brightest colour channel where alpha > 0")
-        values, counts = np.unique(grey, return_counts=True)
-        if values.size == 1 and values[0] == 0:
-            extra["empty_mask"] = True
-        levels = MAPPING_LEVELS.get(mapping) if isinstance(mapping, str) else None
-        if levels is None:
-            return
-        stray = ~np.isin(values, levels)
-        if stray.any():
-            listed = ", ".join(str(v) for v in values[stray].tolist())
-            fix(
-                result,
-                where,
-                f"stray mask values {listed} ({int(counts[stray].sum())} px) snapped to the "
-                f"nearest of {levels}",
-            )

@@ -31,16 +31,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from unihema.data.formats._readutil import IMAGE_EXTENSIONS, check_image, describe_folder
+from unihema.data.formats._common import (
+    IMAGE_EXTENSIONS,
+    ReadContext,
+    ReadReport,
+    cell_class_names,
+    check_image,
+    check_options,
+    describe_folder,
+)
 from unihema.data.formats.base import WrongFormatError, register_reader
-from unihema.data.formats.folders import ReadReport, relative
 from unihema.data.schema import FileImage, ReadResult, Sample, Task
-from unihema.data.vocab import CELL_CLASSES, cell_index
+from unihema.data.vocab import cell_index
 
 CHULA_CLASSES: dict[int, str] = {
     0: "normal rbc", 1: "macrocyte", 2: "microcyte", 3: "spherocyte", 4: "target cell", 5: "stomatocyte",
@@ -59,6 +67,7 @@ LABEL_DIR_NAMES: tuple[str, ...] = ("Label", "label", "labels", "Labels")
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
 _LINE_RE = re.compile(rf"^\s*({_NUMBER})\s+({_NUMBER})\s+(\d+)\s*$")
 _NO_LABEL_GROUP = "images without a label file"
+_OPTIONS = ("crop_size", "include_uncategorised", "class_names", "verify_images", "disease")
 
 
 def _find_dir(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -108,10 +117,7 @@ class PointReader:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: not a directory")
-        known = {"crop_size", "include_uncategorised", "class_names", "verify_images", "disease"}
-        unknown = set(options) - known
-        if unknown:
-            raise TypeError(f"points reader: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+        check_options(options, _OPTIONS, "points")
         image_dir, label_dir = _find_dir(root, IMAGE_DIR_NAMES), _find_dir(root, LABEL_DIR_NAMES)
         if image_dir is None or label_dir is None or not _looks_like_points(label_dir):
             raise WrongFormatError(
@@ -123,10 +129,16 @@ class PointReader:
             raise ValueError(f"points reader: crop_size must be a positive integer, got {crop_size!r}")
         class_names: Mapping[int, str] = options.get("class_names") or CHULA_CLASSES
         class_index = {cid: cell_index(name) for cid, name in class_names.items()}
-        include_uncategorised = bool(options.get("include_uncategorised", False))
-        verify = bool(options.get("verify_images", False))
         name = dataset or ("chula_rbc12" if class_names is CHULA_CLASSES else root.name)
-        report = ReadReport(name)
+        record = ReadReport(name, root)
+        context = _PointContext(
+            record=record,
+            disease=options.get("disease"),
+            verify=bool(options.get("verify_images", False)),
+            class_index=class_index,
+            include_uncategorised=bool(options.get("include_uncategorised", False)),
+            crop_size=crop_size,
+        )
 
         images = {
             p.stem: p
@@ -135,33 +147,29 @@ class PointReader:
         }
         labels = {p.stem: p for p in sorted(label_dir.glob("*.txt")) if not p.name.startswith(".")}
         for stem in sorted(set(labels) - set(images), key=_natural):
-            report.skip(relative(labels[stem], root), f"no image {stem}.* in {image_dir.name}/")
+            record.skip(labels[stem], f"no image {stem}.* in {image_dir.name}/")
         for stem in sorted(set(images) - set(labels), key=_natural):
-            report.skip(
-                relative(images[stem], root),
-                f"no label file {label_dir.name}/{stem}.txt",
-                group=_NO_LABEL_GROUP,
-            )
+            record.skip(images[stem], f"no label file {label_dir.name}/{stem}.txt", group=_NO_LABEL_GROUP)
 
         samples: list[Sample] = []
         for stem in sorted(set(images) & set(labels), key=_natural):
-            samples.extend(
-                _read_image_points(
-                    root,
-                    images[stem],
-                    labels[stem],
-                    report,
-                    class_index,
-                    include_uncategorised,
-                    crop_size,
-                    verify,
-                    name,
-                    options.get("disease"),
-                )  # fmt: skip
-            )
-        report.emit_warnings()
-        classes = sorted({CELL_CLASSES[s.cell_class] for s in samples if s.cell_class is not None})
-        return ReadResult(name, self.name, samples, report.skipped, report.fixed, tuple(classes))
+            samples.extend(_read_image_points(context, images[stem], labels[stem]))
+        return record.finish(self.name, samples, cell_class_names(samples))
+
+
+@dataclass(frozen=True, kw_only=True)
+class _PointContext(ReadContext):
+    """The shared read context plus how points become crops.
+
+    Attributes:
+        class_index: point class id -> cell vocabulary index.
+        include_uncategorised: also load points of the ``uncategorised`` class.
+        crop_size: side of the square crop around each point, in pixels.
+    """
+
+    class_index: Mapping[int, int] = field(default_factory=dict)
+    include_uncategorised: bool = False
+    crop_size: int = DEFAULT_CROP_SIZE
 
 
 def _natural(stem: str) -> tuple[int, str]:
@@ -185,31 +193,22 @@ def crop_window(x: float, y: float, size: tuple[int, int], crop_size: int) -> tu
     return x0, y0, x1, y1
 
 
-def _read_image_points(
-    root: Path,
-    image_path: Path,
-    label_path: Path,
-    report: ReadReport,
-    class_index: Mapping[int, int],
-    include_uncategorised: bool,
-    crop_size: int,
-    verify: bool,
-    dataset: str,
-    disease: str | None,
-) -> list[Sample]:
-    image_rel, label_rel = relative(image_path, root), relative(label_path, root)
-    size, reason = check_image(image_path, verify)
+def _read_image_points(context: _PointContext, image_path: Path, label_path: Path) -> list[Sample]:
+    """One crop sample per loaded point of one smear (problems recorded per line)."""
+    record = context.record
+    image_rel, label_rel = record.relative(image_path), record.relative(label_path)
+    size, reason = check_image(image_path, context.verify)
     if size is None:
-        report.skip(image_rel, reason or "unreadable image")
+        record.skip(image_rel, reason or "unreadable image")
         return []
     height, width = size
     try:
         text = label_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        report.skip(label_rel, f"unreadable label file ({type(exc).__name__}: {exc})")
+        record.skip(label_rel, f"unreadable label file ({type(exc).__name__}: {exc})")
         return []
     if not text.strip():
-        report.skip(label_rel, "empty label file: no annotated cell in this image")
+        record.skip(label_rel, "empty label file: no annotated cell in this image")
         return []
 
     points: list[tuple[float, float, int, int]] = []  # x, y, class id, line
@@ -219,17 +218,17 @@ def _read_image_points(
         where = f"{label_rel}:{line_no}"
         match = _LINE_RE.match(line)
         if match is None:
-            report.skip(where, f"malformed line {line.strip()!r} (expected 'x y class')")
+            record.skip(where, f"malformed line {line.strip()!r} (expected 'x y class')")
             continue
         x, y, cid = float(match.group(1)), float(match.group(2)), int(match.group(3))
-        if cid not in class_index:
-            report.skip(where, f"unknown class id {cid} (known: {sorted(class_index)})")
+        if cid not in context.class_index:
+            record.skip(where, f"unknown class id {cid} (known: {sorted(context.class_index)})")
             continue
         if not (0 <= x < width and 0 <= y < height):
-            report.skip(where, f"point ({x:g}, {y:g}) lies outside the {width}x{height} image")
+            record.skip(where, f"point ({x:g}, {y:g}) lies outside the {width}x{height} image")
             continue
-        if class_index[cid] == _UNCATEGORISED and not include_uncategorised:
-            report.fix(
+        if context.class_index[cid] == _UNCATEGORISED and not context.include_uncategorised:
+            record.fix(
                 where,
                 f"class {cid} 'uncategorised' left out on purpose (include_uncategorised=True keeps it)",
             )
@@ -245,13 +244,13 @@ def _read_image_points(
         if len({p[2] for p in same}) == 1:
             kept.append(same[0])
             for p in same[1:]:
-                report.fix(
+                record.fix(
                     f"{label_rel}:{p[3]}",
                     f"repeats the point ({x:g}, {y:g}) of line {same[0][3]}; loaded once",
                 )
         else:
             for p in same:
-                report.skip(
+                record.skip(
                     f"{label_rel}:{p[3]}",
                     f"point ({x:g}, {y:g}) is given different classes {sorted({q[2] for q in same})}",
                 )
@@ -262,15 +261,15 @@ def _read_image_points(
     )
     samples: list[Sample] = []
     for x, y, cid, line_no in kept:
-        x0, y0, x1, y1 = crop_window(x, y, size, crop_size)
+        x0, y0, x1, y1 = crop_window(x, y, size, context.crop_size)
         samples.append(
             Sample(
                 image=FileImage(image_path, crop=(x0, y0, x1, y1)),
                 task=Task.CLASSIFICATION,
-                dataset=dataset,
+                dataset=context.dataset,
                 sample_id=f"{image_rel}#L{line_no}",
-                disease=disease,
-                cell_class=class_index[cid],
+                disease=context.disease,
+                cell_class=context.class_index[cid],
                 image_size=(y1 - y0, x1 - x0),
                 source_path=image_path,
                 extra={

@@ -8,12 +8,16 @@ The ``<path>`` element is ignored (it holds the labelling machine's absolute pat
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unihema.data.formats._readutil import (
+from unihema.data.formats._common import (
+    ReadContext,
+    ReadReport,
     annotated,
     candidate_dirs,
     check_image,
@@ -22,10 +26,7 @@ from unihema.data.formats._readutil import (
     default_disease,
     describe_folder,
     find_image,
-    fix,
     list_images,
-    rel,
-    skip,
 )
 from unihema.data.formats.base import WrongFormatError, register_reader
 from unihema.data.schema import FileImage, ReadResult, Sample, Task
@@ -96,7 +97,7 @@ def _number(obj: ET.Element, tag: str) -> float:
         raise _BadFile(f"<{tag}> is not a number: {text.strip()!r}") from None
 
 
-def _parse_xml(path: Path, class_map: dict[str, str]) -> dict[str, Any]:
+def _parse_xml(path: Path, class_map: Mapping[str, str]) -> dict[str, Any]:
     """Filename, size (or None), raw names, xyxy boxes, label indices and difficult flags of a VOC file."""
     try:
         tree = ET.parse(path)
@@ -177,114 +178,106 @@ class VocReader:
                 f"{root}: expected a Pascal VOC folder with Annotations/*.xml, found {describe_folder(root)}"
             )
         name = dataset_name(root, dataset)
-        result = ReadResult(dataset=name, format=self.name)
-        disease = default_disease(name, disease)
-        issues = KNOWN_ISSUES.get(name, {})
+        record = ReadReport(name, root, warn_at_once=True)
+        context = _VocContext(
+            record=record,
+            disease=default_disease(name, disease),
+            verify=verify_images,
+            class_map=class_map or {},
+            issues=KNOWN_ISSUES.get(name, {}),
+        )
+        samples: list[Sample] = []
         seen_labels: set[int] = set()
         for voc_root in voc_roots:
             split_of: dict[str, str] = {}
             if use_split_lists:
                 split_of, conflicts = read_split_lists(voc_root)
                 for image_id in conflicts:
-                    fix(
-                        result,
-                        rel(voc_root / SPLIT_LIST_DIR, root),
+                    record.fix(
+                        voc_root / SPLIT_LIST_DIR,
                         f"{image_id} is in several split lists: put in {split_of[image_id]}",
                     )
+            voc_context = replace(context, split_of=split_of)
             image_dir = voc_root / IMAGES_DIR
             used_images: set[Path] = set()
             for xml_path in sorted((voc_root / ANNOTATIONS_DIR).glob("*.xml")):
-                sample = self._read_one(
-                    xml_path,
-                    image_dir,
-                    root,
-                    result,
-                    name,
-                    disease,
-                    verify_images,
-                    class_map or {},
-                    split_of,
-                    issues,
-                )
+                sample = _read_annotation(voc_context, xml_path, image_dir)
                 if sample is None:
                     continue
                 used_images.add(sample.source_path)
                 seen_labels.update(sample.box_labels.tolist())
-                result.samples.append(sample)
+                samples.append(sample)
             if image_dir.is_dir():
                 for image in list_images(image_dir):
                     if (
                         image not in used_images
                         and not (voc_root / ANNOTATIONS_DIR / f"{image.stem}.xml").exists()
                     ):
-                        skip(result, rel(image, root), "image has no annotation file in Annotations/")
-        result.annotated_classes = annotated(seen_labels)
-        return result
+                        record.skip(image, "image has no annotation file in Annotations/")
+        return record.finish(self.name, samples, annotated(seen_labels))
 
-    def _read_one(
-        self,
-        xml_path: Path,
-        image_dir: Path,
-        root: Path,
-        result: ReadResult,
-        name: str,
-        disease: str | None,
-        verify: bool,
-        class_map: dict[str, str],
-        split_of: dict[str, str],
-        issues: dict[str, str],
-    ) -> Sample | None:
-        where = rel(xml_path, root)
-        try:
-            parsed = _parse_xml(xml_path, class_map)
-        except _BadFile as err:
-            skip(result, where, str(err))
+
+@dataclass(frozen=True, kw_only=True)
+class _VocContext(ReadContext):
+    """The shared read context plus the known annotation issues of the dataset.
+
+    Attributes:
+        issues: image id -> known annotation error (see :data:`KNOWN_ISSUES`).
+    """
+
+    issues: Mapping[str, str] = field(default_factory=dict)
+
+
+def _read_annotation(context: _VocContext, xml_path: Path, image_dir: Path) -> Sample | None:
+    """The detection sample of one annotation file, or ``None`` (recorded as skipped)."""
+    record = context.record
+    where = record.relative(xml_path)
+    try:
+        parsed = _parse_xml(xml_path, context.class_map)
+    except _BadFile as err:
+        record.skip(where, str(err))
+        return None
+    image = find_image(image_dir, xml_path.stem, parsed["filename"] or None)
+    if image is None:
+        record.skip(
+            where, f"image {parsed['filename'] or xml_path.stem} not found in {record.relative(image_dir)}"
+        )
+        return None
+    if parsed["filename"] and image.name != parsed["filename"]:
+        record.fix(where, f"<filename> says {parsed['filename']}, used {image.name} (same stem)")
+    size = parsed["size"]
+    if context.verify or size is None:
+        real_size, problem = check_image(image, context.verify)
+        if problem:
+            record.skip(image, problem)
             return None
-        image = find_image(image_dir, xml_path.stem, parsed["filename"] or None)
-        if image is None:
-            skip(
-                result,
-                where,
-                f"image {parsed['filename'] or xml_path.stem} not found in {rel(image_dir, root)}",
+        if size is not None and real_size != size:
+            record.skip(
+                where, f"<size> {size[1]}x{size[0]} differs from the image {real_size[1]}x{real_size[0]}"
             )
             return None
-        if parsed["filename"] and image.name != parsed["filename"]:
-            fix(result, where, f"<filename> says {parsed['filename']}, used {image.name} (same stem)")
-        size = parsed["size"]
-        if verify or size is None:
-            real_size, problem = check_image(image, verify)
-            if problem:
-                skip(result, rel(image, root), problem)
-                return None
-            if size is not None and real_size != size:
-                skip(
-                    result,
-                    where,
-                    f"<size> {size[1]}x{size[0]} differs from the image {real_size[1]}x{real_size[0]}",
-                )
-                return None
-            size = real_size
-        checked = clean_boxes(parsed["boxes"], parsed["labels"], size, parsed["names"])
-        if checked.error:
-            skip(result, where, checked.error)
-            return None
-        for what in checked.fixes:
-            fix(result, where, what)
-        extra: dict[str, Any] = {"class_names": [n for n, k in zip(parsed["names"], checked.keep) if k]}
-        if parsed["difficult"][checked.keep].any():
-            extra["difficult"] = parsed["difficult"][checked.keep]
-        if xml_path.stem in issues:
-            extra["annotation_issue"] = issues[xml_path.stem]
-        return Sample(
-            image=FileImage(image),
-            task=Task.DETECTION,
-            dataset=name,
-            sample_id=rel(image, root),
-            split=split_of.get(xml_path.stem),
-            disease=disease,
-            boxes=checked.boxes,
-            box_labels=checked.labels,
-            image_size=size,
-            source_path=image,
-            extra=extra,
-        )
+        size = real_size
+    checked = clean_boxes(parsed["boxes"], parsed["labels"], size, parsed["names"])
+    if checked.error:
+        record.skip(where, checked.error)
+        return None
+    for what in checked.fixes:
+        record.fix(where, what)
+    extra: dict[str, Any] = {"class_names": [n for n, k in zip(parsed["names"], checked.keep) if k]}
+    if parsed["difficult"][checked.keep].any():
+        extra["difficult"] = parsed["difficult"][checked.keep]
+    if xml_path.stem in context.issues:
+        extra["annotation_issue"] = context.issues[xml_path.stem]
+    return Sample(
+        image=FileImage(image),
+        task=Task.DETECTION,
+        dataset=context.dataset,
+        sample_id=record.relative(image),
+        split=context.split_of.get(xml_path.stem),
+        disease=context.disease,
+        boxes=checked.boxes,
+        box_labels=checked.labels,
+        image_size=size,
+        source_path=image,
+        extra=extra,
+    )

@@ -18,6 +18,7 @@ Image sizes come from the image headers (needed to turn normalised boxes into pi
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from unihema.data.formats._readutil import (
+from unihema.data.formats._common import (
+    ReadContext,
+    ReadReport,
     annotated,
     candidate_dirs,
     canonical_split,
@@ -34,10 +37,7 @@ from unihema.data.formats._readutil import (
     dataset_name,
     default_disease,
     describe_folder,
-    fix,
     list_images,
-    rel,
-    skip,
 )
 from unihema.data.formats.base import WrongFormatError, register_reader
 from unihema.data.schema import FileImage, ReadResult, Sample, Task
@@ -207,151 +207,156 @@ class YoloReader:
                 f"data.yaml naming them), found {describe_folder(root)}"
             )
         name = dataset_name(root, dataset)
-        result = ReadResult(dataset=name, format=self.name)
-        class_ids = self._class_ids(root, yaml_path, config, splits, names, class_map or {}, result)
-        disease = default_disease(name, disease)
-        check_species = (
-            species_from_name if species_from_name is not None else name in SPECIES_FROM_NAME_DATASETS
+        record = ReadReport(name, root, warn_at_once=True)
+        class_ids = _class_ids(record, yaml_path, config, splits, names, class_map or {})
+        context = _YoloContext(
+            record=record,
+            disease=default_disease(name, disease),
+            verify=verify_images,
+            class_map=class_map or {},
+            class_ids=tuple(class_ids),
+            check_species=(
+                species_from_name if species_from_name is not None else name in SPECIES_FROM_NAME_DATASETS
+            ),
         )
+        samples: list[Sample] = []
         for split in splits:
-            self._read_split(split, root, result, name, disease, verify_images, class_ids, check_species)
-        result.annotated_classes = annotated(class_ids)
-        return result
+            samples.extend(_read_split(context, split))
+        return record.finish(self.name, samples, annotated(class_ids))
 
-    def _class_ids(
-        self,
-        root: Path,
-        yaml_path: Path | None,
-        config: dict[str, Any],
-        splits: list[YoloSplit],
-        names: list[str] | None,
-        class_map: dict[str, str],
-        result: ReadResult,
-    ) -> list[int]:
-        """Vocabulary index of every YOLO class id, after checking every class-name list agrees."""
-        lists: list[tuple[str, list[str]]] = []
-        if names is not None:
-            lists.append(("names= option", list(names)))
-        if yaml_path is not None and _yaml_names(config) is not None:
-            lists.append((rel(yaml_path, root), _yaml_names(config) or []))
-        class_files = {s.labels / CLASSES_FILE for s in splits} | {
-            s.labels.parent / CLASSES_FILE for s in splits
-        }
-        for path in sorted(p for p in class_files if p.is_file()):
-            lists.append((rel(path, root), _read_names_file(path)))
-        if not lists:
-            raise ValueError(
-                f"{root}: YOLO labels found but no class names (no data.yaml `names`, no "
-                f"{CLASSES_FILE}); pass names=[...]"
-            )
-        source, chosen = lists[0]
 
-        def to_ids(where: str, class_names: list[str]) -> list[int]:
-            try:
-                return [detection_index(class_map.get(n, n)) for n in class_names]
-            except KeyError as err:
-                raise ValueError(f"{where}: {err.args[0]}") from None
+@dataclass(frozen=True, kw_only=True)
+class _YoloContext(ReadContext):
+    """The shared read context plus what the YOLO label files are read with.
 
-        ids = to_ids(source, chosen)
-        for where, other in lists[1:]:
-            other_ids = to_ids(where, other)
-            if other_ids != ids:
-                raise ValueError(f"{where} names classes {other} but {source} names {chosen}: they disagree")
-            for mine, theirs, idx in zip(chosen, other, ids):
-                if mine != theirs:
-                    fix(
-                        result,
-                        where,
-                        f"class {theirs!r} is spelled {mine!r} in {source}: both read as "
-                        f"{DETECTION_CLASSES[idx]!r}",
-                    )
-        return ids
+    Attributes:
+        class_ids: vocabulary index of every YOLO class id.
+        check_species: compare the species code of each file name with its box labels.
+    """
 
-    def _read_split(
-        self,
-        split: YoloSplit,
-        root: Path,
-        result: ReadResult,
-        name: str,
-        disease: str | None,
-        verify: bool,
-        class_ids: list[int],
-        check_species: bool,
-    ) -> None:
-        images = {p.stem: p for p in list_images(split.images)}
-        labels = {p.stem: p for p in sorted(split.labels.glob("*.txt"))}
-        if CLASSES_FILE[:-4] in labels and CLASSES_FILE[:-4] not in images:
-            fix(
-                result, rel(labels.pop(CLASSES_FILE[:-4]), root), "class-name list, not a label file: ignored"
-            )
-        for stem in sorted(set(labels) - set(images)):
-            skip(result, rel(labels[stem], root), f"label file has no image in {rel(split.images, root)}")
-        for stem, image in images.items():
-            where = rel(image, root)
-            size, problem = check_image(image, verify)
-            if problem:
-                skip(result, where, problem)
-                continue
-            label_path = labels.get(stem)
-            if label_path is None:
-                fix(result, where, "no label file: read as an image without objects (YOLO convention)")
-                parsed: tuple[np.ndarray, np.ndarray] | str = (np.zeros((0, 4)), np.zeros((0,), np.int64))
-            else:
-                parsed = _parse_label_file(label_path, size, class_ids)
-            label_where = rel(label_path, root) if label_path else where
-            if isinstance(parsed, str):
-                skip(result, label_where, parsed)
-                continue
-            checked = clean_boxes(parsed[0], parsed[1], size)
-            if checked.error:
-                skip(result, label_where, checked.error)
-                continue
-            for what in checked.fixes:
-                fix(result, label_where, what)
-            extra: dict[str, Any] = {}
-            roboflow = ROBOFLOW_NAME.match(stem)
-            original = roboflow.group("original") if roboflow else stem
-            if roboflow:
-                extra["original_name"] = original
-            if check_species:
-                self._species_note(original, checked.labels, label_where, result, extra)
-            result.samples.append(
-                Sample(
-                    image=FileImage(image),
-                    task=Task.DETECTION,
-                    dataset=name,
-                    sample_id=where,
-                    split=split.split,
-                    disease=disease,
-                    boxes=checked.boxes,
-                    box_labels=checked.labels,
-                    image_size=size,
-                    source_path=image,
-                    extra=extra,
+    class_ids: tuple[int, ...] = ()
+    check_species: bool = False
+
+
+def _class_ids(
+    record: ReadReport,
+    yaml_path: Path | None,
+    config: dict[str, Any],
+    splits: list[YoloSplit],
+    names: list[str] | None,
+    class_map: Mapping[str, str],
+) -> list[int]:
+    """Vocabulary index of every YOLO class id, after checking every class-name list agrees."""
+    lists: list[tuple[str, list[str]]] = []
+    if names is not None:
+        lists.append(("names= option", list(names)))
+    if yaml_path is not None and _yaml_names(config) is not None:
+        lists.append((record.relative(yaml_path), _yaml_names(config) or []))
+    class_files = {s.labels / CLASSES_FILE for s in splits} | {s.labels.parent / CLASSES_FILE for s in splits}
+    for path in sorted(p for p in class_files if p.is_file()):
+        lists.append((record.relative(path), _read_names_file(path)))
+    if not lists:
+        raise ValueError(
+            f"{record.root}: YOLO labels found but no class names (no data.yaml `names`, no "
+            f"{CLASSES_FILE}); pass names=[...]"
+        )
+    source, chosen = lists[0]
+
+    def to_ids(where: str, class_names: list[str]) -> list[int]:
+        try:
+            return [detection_index(class_map.get(n, n)) for n in class_names]
+        except KeyError as err:
+            raise ValueError(f"{where}: {err.args[0]}") from None
+
+    ids = to_ids(source, chosen)
+    for where, other in lists[1:]:
+        other_ids = to_ids(where, other)
+        if other_ids != ids:
+            raise ValueError(f"{where} names classes {other} but {source} names {chosen}: they disagree")
+        for mine, theirs, idx in zip(chosen, other, ids):
+            if mine != theirs:
+                record.fix(
+                    where,
+                    f"class {theirs!r} is spelled {mine!r} in {source}: both read as {DETECTION_CLASSES[idx]!r}",
                 )
-            )
+    return ids
 
-    @staticmethod
-    def _species_note(
-        original: str, labels: np.ndarray, where: str, result: ReadResult, extra: dict[str, Any]
-    ) -> None:
-        """Record the slide id (Roboflow split per image, not per slide) and name/label species conflicts."""
-        slide, species = species_from_name(original)
-        if slide:
-            extra["slide"] = slide
-        extra["name_species"] = species
-        boxed = sorted({DETECTION_CLASSES[i] for i in labels.tolist()})
-        if species is not None and boxed and boxed != [species]:
-            extra["species_disagreement"] = True
-            fix(
-                result,
-                where,
-                f"file name says {species} but the boxes are {', '.join(boxed)}: kept the box labels",
+
+def _read_split(context: _YoloContext, split: YoloSplit) -> list[Sample]:
+    """The detection samples of one image folder and its label folder."""
+    record = context.record
+    images = {p.stem: p for p in list_images(split.images)}
+    labels = {p.stem: p for p in sorted(split.labels.glob("*.txt"))}
+    if CLASSES_FILE[:-4] in labels and CLASSES_FILE[:-4] not in images:
+        record.fix(labels.pop(CLASSES_FILE[:-4]), "class-name list, not a label file: ignored")
+    for stem in sorted(set(labels) - set(images)):
+        record.skip(labels[stem], f"label file has no image in {record.relative(split.images)}")
+    samples: list[Sample] = []
+    for stem, image in images.items():
+        where = record.relative(image)
+        size, problem = check_image(image, context.verify)
+        if problem:
+            record.skip(where, problem)
+            continue
+        label_path = labels.get(stem)
+        if label_path is None:
+            record.fix(where, "no label file: read as an image without objects (YOLO convention)")
+            parsed: tuple[np.ndarray, np.ndarray] | str = (np.zeros((0, 4)), np.zeros((0,), np.int64))
+        else:
+            parsed = _parse_label_file(label_path, size, context.class_ids)
+        label_where = record.relative(label_path) if label_path else where
+        if isinstance(parsed, str):
+            record.skip(label_where, parsed)
+            continue
+        checked = clean_boxes(parsed[0], parsed[1], size)
+        if checked.error:
+            record.skip(label_where, checked.error)
+            continue
+        for what in checked.fixes:
+            record.fix(label_where, what)
+        extra: dict[str, Any] = {}
+        roboflow = ROBOFLOW_NAME.match(stem)
+        original = roboflow.group("original") if roboflow else stem
+        if roboflow:
+            extra["original_name"] = original
+        if context.check_species:
+            _species_note(record, original, checked.labels, label_where, extra)
+        samples.append(
+            Sample(
+                image=FileImage(image),
+                task=Task.DETECTION,
+                dataset=context.dataset,
+                sample_id=where,
+                split=split.split,
+                disease=context.disease,
+                boxes=checked.boxes,
+                box_labels=checked.labels,
+                image_size=size,
+                source_path=image,
+                extra=extra,
             )
+        )
+    return samples
+
+
+def _species_note(
+    record: ReadReport, original: str, labels: np.ndarray, where: str, extra: dict[str, Any]
+) -> None:
+    """Record the slide id (Roboflow split per image, not per slide) and name/label species conflicts."""
+    slide, species = species_from_name(original)
+    if slide:
+        extra["slide"] = slide
+    extra["name_species"] = species
+    boxed = sorted({DETECTION_CLASSES[i] for i in labels.tolist()})
+    if species is not None and boxed and boxed != [species]:
+        extra["species_disagreement"] = True
+        record.fix(
+            where, f"file name says {species} but the boxes are {', '.join(boxed)}: kept the box labels"
+        )
 
 
 def _parse_label_file(
-    path: Path, size: tuple[int, int], class_ids: list[int]
+    path: Path, size: tuple[int, int], class_ids: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray] | str:
     """Pixel xyxy boxes and vocabulary labels, or the reason the file cannot be read."""
     try:

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean bench-convergence bench-bccd
+.PHONY: demo test lint install clean bench-convergence bench-bccd bench-predict
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench-convergence: $(STAMP)
 
 bench-bccd: $(STAMP)
 	$(PY) benchmarks/bench_bccd.py --minutes 15 --write-doc docs/benchmarks.md
+
+bench-predict: $(STAMP)
+	$(PY) benchmarks/bench_predict.py --write-doc docs/benchmarks.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -32,7 +32,8 @@ from unihema.data.schema import Sample, Task
 from unihema.data.transforms import TransformConfig
 from unihema.data.vocab import DETECTION_CLASSES, detection_index
 from unihema.evaluate import metrics
-from unihema.evaluate.evaluator import EvalConfig, decode_detections
+from unihema.evaluate.evaluator import EvalConfig
+from unihema.inference.postprocess import decode_detections
 from unihema.model.unihema import UniHema
 from unihema.train.losses import UniHemaCriterion
 
@@ -127,15 +128,13 @@ def train_unihema(train: list[Sample], test: list[Sample], args: argparse.Namesp
     with torch.no_grad():
         for batch in eval_batches(test, transforms):
             outputs = model(batch["images"], Task.DETECTION, batch["prompts"], image_mask=batch["image_mask"])
-            outputs = {  # only the classes BCCD annotates can be predicted on BCCD
-                **outputs,
-                "pred_logits": outputs["pred_logits"].masked_fill(~mask, float("-inf")),
-            }
+            # Only the classes BCCD annotates can be predicted on BCCD.
+            outputs.logits = outputs.logits.masked_fill(~mask, float("-inf"))
             sizes = torch.stack([t["size"] for t in batch["targets"]]).float()
             for found in decode_detections(outputs, sizes, eval_config.max_detections):
                 predictions.append(
                     metrics.DetectionPrediction(
-                        found["boxes"].numpy(), found["scores"].numpy(), found["labels"].numpy()
+                        found.boxes.numpy(), found.scores.numpy(), found.labels.numpy()
                     )
                 )
             targets += targets_in_pixels(batch)

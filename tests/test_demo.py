@@ -1,48 +1,178 @@
-"""The main job end to end on a micro version of the packaged demo curriculum."""
+"""The main job: one end-to-end ``unihema demo`` on a micro version of the packaged curriculum, and the
+improvement verdict and console summary on constructed before/after results."""
 
+from __future__ import annotations
+
+import contextlib
+import io
 import json
+import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
+from PIL import Image
 
+from unihema.cli import main
 from unihema.data.schema import Task
-from unihema.demo import default_config_path, format_summary, improved_everywhere, run_demo
+from unihema.demo import default_config_path, improved_everywhere, run_demo
+from unihema.evaluate.evaluator import TaskResult
+from unihema.evaluate.report import build_report
+
+# The reports print metrics with four decimals.
+PRINTED_TOLERANCE = 5.1e-5
+TASK_NAMES = frozenset(task.value for task in Task)
 
 
-@pytest.fixture
-def micro_config(tmp_path):
+def _run_cli(argv: list[str]) -> tuple[int, str]:
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        code = main(argv)
+    return code, output.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``unihema demo`` once, on 12 synthetic images and one optimiser step per stage."""
+    folder = tmp_path_factory.mktemp("demo")
     config = yaml.safe_load(default_config_path().read_text())
     config["data"]["synthetic"].update(n_images=12, image_size=128)
     config["runtime"].update(tensorboard=False, checkpoint_every=0, device="cpu")
     for stage in config["stages"]:
         stage.pop("epochs", None)
         stage["max_steps"] = 1
-    path = tmp_path / "micro.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    config_path = folder / "micro.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    out = folder / "out"
+    argv = ["demo", "--out", str(out), "--config", str(config_path), "--eval-per-task", "3", "--no-progress"]
+    code, printed = _run_cli(argv)
+    report = json.loads((out / "report.json").read_text())
+    return {"out": out, "config": config_path, "code": code, "printed": printed, "report": report}
 
 
-def test_demo_writes_report_model_and_overlays(tmp_path, micro_config):
+def _summary_rows(text: str) -> dict[str, list[str]]:
+    """``task -> [metric, before, after]`` of the lines of a printed summary that start with a task name."""
+    rows = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[0] in TASK_NAMES:
+            rows[fields[0]] = fields[1:]
+    return rows
+
+
+def _markdown_task_rows(text: str) -> dict[str, list[str]]:
+    """``task -> [metric, before, after]`` of the four-cell markdown table rows that start with a task name."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 4 and cells[0] in TASK_NAMES:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _assert_printed(printed: str, value: float | None) -> None:
+    if value is None:
+        assert printed in ("n/a", "nan")
+    else:
+        assert float(printed) == pytest.approx(value, abs=PRINTED_TOLERANCE)
+
+
+def test_demo_evaluates_every_task_before_and_after_training(demo_run: dict[str, Any]) -> None:
+    report = demo_run["report"]
+    assert demo_run["code"] == 0
+    assert set(report["tasks"]) == TASK_NAMES
+    for entry in report["tasks"].values():
+        assert math.isfinite(entry["before"]) and math.isfinite(entry["after"])
+        assert isinstance(entry["improved"], bool)
+    # --eval-per-task caps the held-out samples of each task.
+    assert set(report["meta"]["eval_samples_per_task"]) == set(report["tasks"])
+    assert all(0 < n <= 3 for n in report["meta"]["eval_samples_per_task"].values())
+    assert report["meta"]["config"] == str(demo_run["config"])
+
+
+def test_demo_writes_the_trained_model_and_overlays(demo_run: dict[str, Any]) -> None:
     from unihema.model.unihema import UniHema
 
-    out = tmp_path / "demo"
-    report = run_demo(out, config_path=micro_config, eval_per_task=3, progress=False)
-    saved = json.loads((out / "report.json").read_text())
-    assert saved == report
-    assert set(saved["tasks"]) == {task.value for task in Task}
-    for entry in saved["tasks"].values():
-        assert entry["before"] is not None and entry["after"] is not None
-        assert entry["improved"] == (entry["after"] > entry["before"])
-    assert (out / "report.md").read_text().startswith("# UniHema demo report")
-    assert (out / "overlays" / "detection.png").is_file() and (
-        out / "overlays" / "segmentation.png"
-    ).is_file()
-    loaded = UniHema.from_pretrained(out / "model")
-    reference = UniHema.from_pretrained(out / "run" / "final")
-    for (name, a), (_, b) in zip(loaded.state_dict().items(), reference.state_dict().items()):
-        assert torch.equal(a, b), name
-    assert "mAP50" in format_summary(report)
-    assert improved_everywhere(report) == all(e["improved"] for e in report["tasks"].values())
-    with pytest.raises(FileExistsError):
-        run_demo(out, config_path=micro_config, eval_per_task=1, progress=False)
+    out = demo_run["out"]
+    markdown = (out / "report.md").read_text()
+    for task in ("detection", "segmentation"):
+        relative = f"overlays/{task}.png"
+        with Image.open(out / relative) as image:
+            assert image.format == "PNG" and min(image.size) > 0
+        assert relative in markdown
+    # The exported model is the result of the training run.
+    exported = UniHema.from_pretrained(out / "model").state_dict()
+    trained = UniHema.from_pretrained(out / "run" / "final").state_dict()
+    assert exported.keys() == trained.keys()
+    assert all(torch.equal(exported[name], trained[name]) for name in exported)
+
+
+def test_markdown_and_console_show_the_metrics_of_report_json(demo_run: dict[str, Any]) -> None:
+    report, printed = demo_run["report"], demo_run["printed"]
+    for rows in (_markdown_task_rows((demo_run["out"] / "report.md").read_text()), _summary_rows(printed)):
+        assert set(rows) == set(report["tasks"])
+        for task, (metric, before, after) in rows.items():
+            entry = report["tasks"][task]
+            assert metric == entry["metric"]
+            _assert_printed(before, entry["before"])
+            _assert_printed(after, entry["after"])
+    assert f"report: {demo_run['out'] / 'report.md'}" in printed
+    assert ("did not improve" in printed) != improved_everywhere(report)
+
+
+def test_a_second_demo_into_the_same_folder_is_refused(demo_run: dict[str, Any]) -> None:
+    with pytest.raises(FileExistsError, match="already holds a demo run"):
+        run_demo(demo_run["out"], config_path=demo_run["config"], eval_per_task=1, progress=False)
+
+
+def _report(before: dict[Task, float], after: dict[Task, float]) -> dict[str, Any]:
+    metric = "F1"
+    return build_report(
+        {task: TaskResult(task, metric, value) for task, value in before.items()},
+        {task: TaskResult(task, metric, value) for task, value in after.items()},
+        {},
+    )
+
+
+BEFORE = {Task.DETECTION: 0.10, Task.CLASSIFICATION: 0.50}
+
+
+@pytest.mark.parametrize(
+    ("after", "before", "improved"),
+    [
+        ({Task.DETECTION: 0.40, Task.CLASSIFICATION: 0.70}, BEFORE, True),
+        ({Task.DETECTION: 0.40, Task.CLASSIFICATION: 0.50}, BEFORE, False),
+        ({Task.DETECTION: 0.40, Task.CLASSIFICATION: 0.30}, BEFORE, False),
+        ({Task.DETECTION: 0.40, Task.CLASSIFICATION: 0.70}, {Task.DETECTION: 0.10}, False),
+    ],
+    ids=["every task better", "one task unchanged", "one task worse", "one task never evaluated before"],
+)
+def test_improvement_needs_every_task_to_beat_its_untrained_metric(
+    after: dict[Task, float], before: dict[Task, float], improved: bool
+) -> None:
+    assert improved_everywhere(_report(before, after)) is improved
+
+
+@pytest.mark.parametrize("improved", [True, False])
+def test_cli_passes_its_options_and_warns_only_without_improvement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, improved: bool
+) -> None:
+    after = {Task.DETECTION: 0.40, Task.CLASSIFICATION: 0.70 if improved else 0.20}
+    report = _report(BEFORE, after)
+    calls = []
+
+    def fake_run_demo(out_dir: Path, **options: Any) -> dict[str, Any]:
+        calls.append((out_dir, options))
+        return report
+
+    monkeypatch.setattr("unihema.demo.run_demo", fake_run_demo)
+    code, printed = _run_cli(["demo", "--out", str(tmp_path), "--eval-per-task", "5", "--no-progress"])
+    assert code == 0
+    assert calls == [(tmp_path, {"config_path": None, "eval_per_task": 5, "progress": False})]
+    rows = _summary_rows(printed)
+    assert set(rows) == {task.value for task in after}
+    for task, value in after.items():
+        _assert_printed(rows[task.value][2], value)
+    assert ("did not improve" in printed) is not improved

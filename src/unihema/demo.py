@@ -20,19 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from unihema.atomic import atomic_save_image
 from unihema.data.schema import Sample, Task
-from unihema.evaluate.evaluator import (
-    EvalConfig,
-    TaskResult,
-    decode_detections,
-    evaluate,
-    mask_logits_at_input,
-)
-from unihema.evaluate.report import build_report, draw_detections, draw_mask, write_report
+from unihema.evaluate.evaluator import EvalConfig, TaskResult, evaluate
+from unihema.evaluate.report import build_report, write_report
 
 DEMO_CONFIG = "demo.yaml"
 DETECTION_OVERLAY_SCORE = 0.3
@@ -54,51 +47,22 @@ def _eval_samples(corpus: Any, per_task: int | None) -> dict[Task, list[Sample]]
 def _overlays(
     model: torch.nn.Module, samples: Mapping[Task, list[Sample]], eval_config: EvalConfig, out_dir: Path
 ) -> list[str]:
-    """Detection boxes and segmentation mask of the trained model on one test field each."""
-    from unihema.data.loader import build_loader
+    """Detection boxes and segmentation mask of the trained model on one test field each, drawn from the
+    predictor's results (the same decoding as ``unihema predict``)."""
+    from unihema.inference.predictor import Predictor
 
+    predictor = Predictor(model)
     written: list[str] = []
-    model.eval()
-    device = next(model.parameters()).device
     for task in (Task.DETECTION, Task.SEGMENTATION):
         if task not in samples:
             continue
-        sample = samples[task][0]
-        batch = next(
-            iter(
-                build_loader(
-                    [sample], task, batch_size=1, train=False, transform_config=eval_config.transforms
-                )
-            )
-        )
-        with torch.no_grad():
-            outputs = model(
-                batch["images"].to(device),
-                task,
-                prompts=batch["prompts"],
-                image_mask=batch["image_mask"].to(device),
-            )
-        image = sample.load_image()
-        if task is Task.DETECTION:
-            size = torch.tensor([[image.height, image.width]], dtype=torch.float32)
-            found = decode_detections(outputs, size, eval_config.max_detections)[0]
-            keep = found["scores"] >= DETECTION_OVERLAY_SCORE
-            picture = draw_detections(
-                image,
-                found["boxes"][keep].cpu().numpy(),
-                found["labels"][keep].tolist(),
-                found["scores"][keep].tolist(),
-            )
-        else:
-            height, width = batch["targets"][0]["mask"].shape[-2:]
-            logits = mask_logits_at_input(outputs["pred_masks"], batch["images"].shape[-2:])
-            probabilities = logits[0, 0, :height, :width].sigmoid()
-            resized = torch.nn.functional.interpolate(
-                probabilities[None, None], size=(image.height, image.width), mode="bilinear"
-            )
-            picture = draw_mask(image, (resized[0, 0] > eval_config.mask_threshold).cpu().numpy())
+        (result,) = predictor.predict(
+            samples[task][0].load_image(), tasks=[task], score_threshold=DETECTION_OVERLAY_SCORE,
+            max_detections=eval_config.max_detections, mask_threshold=eval_config.mask_threshold,
+            tiling={"mode": "never"},
+        )  # fmt: skip
         relative = f"overlays/{task.value}.png"
-        atomic_save_image(picture, out_dir / relative)
+        atomic_save_image(result.plot(), out_dir / relative)
         written.append(relative)
     return written
 
@@ -178,4 +142,4 @@ def format_summary(report: Mapping[str, Any]) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["run_demo", "improved_everywhere", "format_summary", "default_config_path", "np"]
+__all__ = ["run_demo", "improved_everywhere", "format_summary", "default_config_path"]

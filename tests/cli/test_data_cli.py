@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, dataset_path
+from support.paths import REPO_ROOT, dataset_path
 from unihema.cli import main
 from unihema.data import catalog
 

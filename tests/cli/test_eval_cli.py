@@ -1,16 +1,11 @@
 """``unihema eval`` on a saved model and a real dataset folder."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import dataset_path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
-from unihema_testers import small_test_config  # noqa: E402
-
+from support.paths import dataset_path
+from support.testers import small_test_config
 from unihema.cli import main  # noqa: E402
 from unihema.model.unihema import UniHema  # noqa: E402
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATASETS_ROOT, REPO_ROOT
+from support.paths import DATASETS_ROOT, REPO_ROOT
 from unihema.data import catalog
 from unihema.data.catalog import (
     READER_FORMATS,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import dataset_path
+from support.paths import dataset_path
 from unihema.data.formats import detect_format, get_reader
 from unihema.data.formats.base import WrongFormatError
 from unihema.data.formats.folders import ClassFolderReader, detect_layout

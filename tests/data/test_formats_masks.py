@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import dataset_path
+from support.paths import dataset_path
 from unihema.data.formats._common import ReaderWarning
 from unihema.data.formats.base import WrongFormatError, detect_format, get_reader
 from unihema.data.formats.masks import MaskReader

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import dataset_path
+from support.paths import dataset_path
 from unihema.data.formats.base import WrongFormatError, detect_format, get_reader
 from unihema.data.formats.coco import CocoReader
 from unihema.data.formats.voc import VocReader

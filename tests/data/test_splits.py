@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DATASETS_ROOT, dataset_path
+from support.paths import DATASETS_ROOT, dataset_path
 from unihema.data import splits as splits_module
 from unihema.data.schema import ArrayImage, FileImage, Sample, Task
 from unihema.data.splits import (

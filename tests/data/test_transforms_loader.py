@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from conftest import dataset_path
+from support.paths import dataset_path
 from unihema.data.loader import (
     SampleDataset,
     build_loader,

@@ -5,15 +5,9 @@ from torch import nn
 
 from unihema.data.schema import ArrayImage, ArrayMask, Sample, Task
 from unihema.data.transforms import TransformConfig
-from unihema.data.vocab import CELL_ATTRIBUTES
 from unihema.evaluate import metrics
-from unihema.evaluate.evaluator import (
-    EvalConfig,
-    decode_attributes,
-    decode_detections,
-    evaluate,
-    evaluate_task,
-)
+from unihema.evaluate.evaluator import EvalConfig, evaluate, evaluate_task
+from unihema.model.outputs import CellOutput, DetectionOutput, SegmentationOutput
 
 SMALL = EvalConfig(
     batch_size=2, transforms=TransformConfig(seg_size=32, cls_size=32, text_size=32), pad_to_multiple=1
@@ -30,10 +24,13 @@ class ConstantModel(nn.Module):
     def forward(self, images, task, prompts=None, targets=None, image_mask=None):
         batch = images.shape[0]
         if Task(task) is Task.SEGMENTATION:
-            return {"pred_masks": torch.full((batch, 1, *images.shape[-2:]), 10.0)}
+            masks = torch.full((batch, 1, *images.shape[-2:]), 10.0)
+            return SegmentationOutput(masks=masks, masks_lowres=masks[..., ::8, ::8])
         logits = torch.zeros(batch, 50)
         logits[:, 3] = 1
-        return {"pred_cell_logits": logits, "pred_cell_attributes": torch.zeros(batch, 31)}
+        return CellOutput(
+            features=torch.zeros(batch, 4), class_logits=logits, attribute_logits=torch.zeros(batch, 31)
+        )
 
     def generate_text(self, images, prompts, image_mask=None, num_beams=1, max_new_tokens=32):
         return [p.removeprefix("Q: ") for p in prompts]
@@ -41,26 +38,6 @@ class ConstantModel(nn.Module):
 
 def _image():
     return ArrayImage(np.full((32, 32, 3), 128, np.uint8))
-
-
-def test_decode_detections_top_pairs_in_pixels():
-    logits = torch.full((1, 3, 4), -10.0)
-    logits[0, 2, 1] = 5.0
-    logits[0, 0, 3] = 2.0
-    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.25, 0.5, 0.5, 1.0]]])
-    found = decode_detections(
-        {"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[100.0, 200.0]]), 2
-    )[0]
-    assert found["labels"].tolist() == [1, 3] and found["queries"].tolist() == [2, 0]
-    assert torch.allclose(found["boxes"][0], torch.tensor([0.0, 0.0, 100.0, 100.0]))
-
-
-def test_decode_attributes_argmax_per_group():
-    flat = torch.zeros(1, 31)
-    flat[0, 1] = 1  # cell_size -> small
-    flat[0, 4 + 4] = 1  # nucleus_shape -> segmented-multilobed
-    decoded = decode_attributes(flat, CELL_ATTRIBUTES)[0]
-    assert decoded[0] == 1 and decoded[2] == 4 and decoded.shape == (11,)
 
 
 def test_segmentation_dice_matches_hand_computation():
@@ -85,7 +62,7 @@ class FixedSizeMaskModel(nn.Module):
     def forward(self, images, task, prompts=None, targets=None, image_mask=None):
         logits = torch.full((images.shape[0], 1, 64, 64), -10.0)
         logits[..., :32] = 10.0
-        return {"pred_masks": logits}
+        return SegmentationOutput(masks=logits, masks_lowres=logits[..., ::8, ::8])
 
 
 def test_segmentation_resizes_fixed_size_masks_to_the_input():
@@ -142,7 +119,7 @@ class OneQueryTwoClassesModel(nn.Module):
         logits[:, 0, 3] = 5.0
         logits[:, 0, 4] = 4.0
         boxes = torch.tensor([[0.25, 0.5, 0.5, 1.0], [0.9, 0.9, 0.05, 0.05]]).expand(batch, 2, 4)
-        return {"pred_logits": logits, "pred_boxes": boxes, "pred_box_attributes": torch.zeros(batch, 2, 12)}
+        return DetectionOutput(logits, boxes, torch.zeros(batch, 2, 12))
 
 
 def test_fov_morphology_scores_one_box_per_query():
@@ -186,7 +163,7 @@ class QueueDetector(nn.Module):
             n = len(xyxy)
             boxes[i, :n] = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], dim=1)
             logits[i, torch.arange(n), torch.as_tensor(sample.box_labels)] = 10.0
-        return {"pred_logits": logits, "pred_boxes": boxes}
+        return DetectionOutput(logits, boxes)
 
 
 def test_detection_coordinate_frames_round_trip_on_padded_batches():

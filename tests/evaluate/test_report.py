@@ -6,7 +6,8 @@ from PIL import Image
 
 from unihema.data.schema import Task
 from unihema.evaluate.evaluator import TaskResult
-from unihema.evaluate.report import build_report, draw_detections, draw_mask, write_report
+from unihema.evaluate.report import build_report, write_report
+from unihema.inference.plotting import draw_detections, draw_mask
 
 
 def test_report_json_and_markdown(tmp_path):

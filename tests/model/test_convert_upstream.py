@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from unihema_testers import IMAGE_SIZE, PROMPTS, small_test_config
 
-from conftest import REFERENCE_ROOT, reference_file
+from support.paths import REFERENCE_ROOT, reference_file
+from support.testers import IMAGE_SIZE, PROMPTS, small_test_config
 from unihema.cli import model as model_cli
 from unihema.data.vocab import DETECTION_CLASSES, UPSTREAM_CELL_CLASSES, UPSTREAM_DETECTION_CLASSES
 from unihema.model.configuration import HemaFormerConfig, UniHemaConfig
@@ -309,7 +309,7 @@ def test_upstream_style_model_segments_and_pads_text() -> None:
     images = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     with torch.no_grad():
         out = model(images, "segmentation", PROMPTS)
-    assert out["pred_masks"].shape == (2, 1, 40, 40) and torch.isfinite(out["pred_masks"]).all()
+    assert out.masks.shape == (2, 1, 40, 40) and torch.isfinite(out.masks).all()
     text: TextModel = model.text
     ids, mask = text.tokenize(["a", "rbc"])
     assert ids.shape == (2, config.text.max_length) and mask.sum(1).tolist() == [2, 2]

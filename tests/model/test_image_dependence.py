@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from unihema_testers import small_test_config
 
+from support.testers import small_test_config
 from unihema.data.schema import Task
 from unihema.model.backbone import InputProjection, groupnorm_groups
 from unihema.model.hemaformer import SingleCellFeatureExtractor
@@ -50,7 +50,7 @@ def _cell_feature_spread(seed: int, **hemaformer: str) -> float:
     torch.manual_seed(seed)
     model = UniHema.from_preset("tiny", hemaformer=hemaformer).eval()
     with torch.no_grad():
-        features = model(batch["images"], Task.CLASSIFICATION)["cell_features"]
+        features = model(batch["images"], Task.CLASSIFICATION).features
     return float(features.std(0).mean() / features.std())
 
 

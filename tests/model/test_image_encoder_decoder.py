@@ -169,16 +169,16 @@ def test_denoising_runs_in_training_only(model):
     model.train()
     out = model(images, mask, targets=targets)
     meta = out.dn_meta
-    assert meta["max_targets"] == 3 and meta["num_groups"] == 12 // 3
-    assert meta["pad_size"] == 2 * 3 * 4
+    assert meta.max_targets == 3 and meta.num_groups == 12 // 3
+    assert meta.pad_size == 2 * 3 * 4
     assert out.dn_logits.shape == (2, 2, 24, CLASSES)
     assert out.dn_boxes.shape == (2, 2, 24, 4) and out.dn_hidden_states.shape == (2, 2, 24, D)
     assert out.pred_logits.shape == (2, 2, QUERIES, CLASSES)
-    queries, target_ids = meta["positive_matches"][0]
+    queries, target_ids = meta.positive_matches[0]
     assert queries.tolist() == [0, 1, 2, 6, 7, 8, 12, 13, 14, 18, 19, 20]
     assert target_ids.tolist() == [0, 1, 2] * 4
-    assert meta["positive_matches"][1][0].tolist() == [0, 6, 12, 18]
-    assert meta["negative_indices"][1].tolist() == [3, 9, 15, 21]
+    assert meta.positive_matches[1][0].tolist() == [0, 6, 12, 18]
+    assert meta.negative_indices[1].tolist() == [3, 9, 15, 21]
     # Denoising losses reach the label embedding: the DN branch is live.
     model.zero_grad()
     (out.dn_boxes.sum() + out.dn_logits.sum()).backward()
@@ -197,7 +197,7 @@ def test_matching_queries_cannot_see_denoising_queries(model):
         with_dn = model(images, mask, targets=targets)
         other = [{"labels": torch.tensor([1, 1, 0, 2, 4]), "boxes": torch.rand(5, 4) * 0.5 + 0.2}] * 2
         with_other_dn = model(images, mask, targets=other)
-    assert with_dn.dn_meta["pad_size"] != with_other_dn.dn_meta["pad_size"]
+    assert with_dn.dn_meta.pad_size != with_other_dn.dn_meta.pad_size
     for out in (with_dn, with_other_dn):
         torch.testing.assert_close(out.pred_logits, plain.pred_logits, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out.pred_boxes, plain.pred_boxes, atol=1e-5, rtol=1e-5)
@@ -265,7 +265,7 @@ def test_denoising_noise_ranges():
         box_noise_scale=0.4,
     )
     meta = dn.meta
-    assert meta["num_groups"] == 10 and meta["pad_size"] == 40
+    assert meta.num_groups == 10 and meta.pad_size == 40
     assert (
         dn.content.shape == (1, 40, 8) and dn.anchors.shape == (1, 40, 4) and dn.attn_mask.shape == (43, 43)
     )
@@ -274,10 +274,10 @@ def test_denoising_noise_ranges():
     corners = box_convert(dn.anchors[0].sigmoid(), "cxcywh", "xyxy")
     true = box_convert(boxes, "cxcywh", "xyxy")
     half = boxes[:, 2:].repeat(1, 2) / 2
-    q, t = meta["positive_matches"][0]
+    q, t = meta.positive_matches[0]
     pos_shift = (corners[q] - true[t]).abs() / half[t]
     assert (pos_shift <= 0.4 + 1e-3).all()
-    neg = meta["negative_indices"][0]
+    neg = meta.negative_indices[0]
     neg_t = torch.arange(2).repeat(10)
     neg_shift = (corners[neg] - true[neg_t]).abs() / half[neg_t]
     assert (neg_shift >= 0.4 - 1e-3).all() and (neg_shift <= 0.8 + 1e-3).all()
@@ -293,7 +293,7 @@ def test_denoising_edge_cases():
     empty = [{"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}]
     assert build_denoising_queries(empty, embedding, 3, CLASSES, 10, 0.5, 0.4) is None
     many = [{"labels": torch.zeros(30, dtype=torch.long), "boxes": torch.rand(30, 4)}]
-    assert build_denoising_queries(many, embedding, 3, CLASSES, 10, 0.5, 0.4).meta["num_groups"] == 1
+    assert build_denoising_queries(many, embedding, 3, CLASSES, 10, 0.5, 0.4).meta.num_groups == 1
     with pytest.raises(ValueError, match=r"targets\[0\].*labels must lie"):
         build_denoising_queries(
             [{"labels": torch.tensor([CLASSES]), "boxes": torch.rand(1, 4)}],

@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from unihema_testers import IMAGE_SIZE, PROMPTS, detection_targets, small_test_config, text_targets
 
-from conftest import REFERENCE_ROOT, reference_file
+from support.paths import REFERENCE_ROOT, reference_file
+from support.testers import IMAGE_SIZE, PROMPTS, detection_targets, small_test_config, text_targets
 from unihema.data.schema import Task
 from unihema.data.vocab import CELL_CLASSES, DETECTION_CLASSES
 from unihema.model.configuration import MODULE_GROUPS
+from unihema.model.outputs import CellOutput, DenoisingMeta, DetectionOutput, SegmentationOutput, TextOutput
 from unihema.model.persistence import WEIGHTS_NAME, CheckpointError
 from unihema.model.unihema import UniHema
 
@@ -53,8 +55,10 @@ def _targets(task: Task) -> list[dict] | None:
 def _tensors(value) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value] if value.is_floating_point() else []
-    if isinstance(value, dict):
-        return [t for k, v in value.items() if k != "dn_meta" for t in _tensors(v)]
+    if isinstance(value, DenoisingMeta):
+        return []
+    if dataclasses.is_dataclass(value):
+        return [t for f in dataclasses.fields(value) for t in _tensors(getattr(value, f.name))]
     if isinstance(value, list):
         return [t for v in value for t in _tensors(v)]
     return []
@@ -65,57 +69,85 @@ def test_output_shapes_per_task(model: UniHema, images: torch.Tensor) -> None:
     c = len(DETECTION_CLASSES)
     with torch.no_grad():
         det = model(images, "detection", PROMPTS)
-        assert det["pred_logits"].shape == (2, Q, c) and det["pred_boxes"].shape == (2, Q, 4)
-        assert len(det["aux_outputs"]) == LAYERS - 1 and det["aux_outputs"][0]["pred_boxes"].shape == (
-            2,
-            Q,
-            4,
-        )
-        assert det["enc_outputs"]["pred_logits"].shape == (2, Q, c)
-        assert "pred_box_attributes" not in det and "dn_outputs" not in det
-        assert ((det["pred_boxes"] >= 0) & (det["pred_boxes"] <= 1)).all()
+        assert isinstance(det, DetectionOutput)
+        assert det.logits.shape == (2, Q, c) and det.boxes.shape == (2, Q, 4)
+        assert len(det.aux) == LAYERS - 1 and det.aux[0].boxes.shape == (2, Q, 4)
+        assert det.encoder.logits.shape == (2, Q, c) and det.hidden_states.shape[:2] == (2, Q)
+        assert det.attributes is None and det.denoising is None
+        assert ((det.boxes >= 0) & (det.boxes <= 1)).all()
+        assert [layer.boxes.shape for layer in det.layers()] == [(2, Q, 4)] * LAYERS
 
         fov = model(images, Task.FOV_MORPHOLOGY, PROMPTS)
-        assert fov["pred_box_attributes"].shape == (2, Q, 12)
-        assert fov["aux_outputs"][0]["pred_box_attributes"].shape == (2, Q, 12)
+        assert fov.attributes.shape == (2, Q, 12)
+        assert fov.aux[0].attributes.shape == (2, Q, 12)
 
         seg = model(images[:, :, :, :48], "segmentation", PROMPTS)
-        assert seg["pred_masks"].shape == (2, 1, IMAGE_SIZE, 48)
-        assert seg["pred_masks_lowres"].shape == (2, 1, IMAGE_SIZE // 8, 48 // 8)
+        assert isinstance(seg, SegmentationOutput)
+        assert seg.masks.shape == (2, 1, IMAGE_SIZE, 48)
+        assert seg.masks_lowres.shape == (2, 1, IMAGE_SIZE // 8, 48 // 8)
 
         for task in ("classification", "cell_morphology"):
             cell = model(images, task)  # no prompts needed
-            assert cell["cell_features"].shape == (2, 32)
-            assert cell["pred_cell_logits"].shape == (2, len(CELL_CLASSES))
-            assert cell["pred_cell_attributes"].shape == (2, model.cell_attribute_head.num_logits)
+            assert isinstance(cell, CellOutput) and cell.features.shape == (2, 32)
+            assert cell.class_logits.shape == (2, len(CELL_CLASSES))
+            assert cell.attribute_logits.shape == (2, model.cell_attribute_head.num_logits)
 
         vqa = model(images, "vqa", PROMPTS, targets=text_targets())
-        labels = vqa["text_labels"]
-        assert vqa["text_logits"].shape == (*labels.shape, model.config.text.vocab_size)
-        assert vqa["text_memory"].shape[:2] == vqa["text_memory_mask"].shape and vqa["loss_text"].dim() == 0
-        assert set(model(images, "mlm", PROMPTS)) == {"text_memory", "text_memory_mask"}
+        assert isinstance(vqa, TextOutput)
+        assert vqa.logits.shape == (*vqa.labels.shape, model.config.text.vocab_size)
+        assert vqa.memory.shape[:2] == vqa.memory_mask.shape
+        mlm = model(images, "mlm", PROMPTS)
+        assert mlm.logits is None and mlm.labels is None
+
+
+def test_shared_pass_equals_each_task_alone(model: UniHema, images: torch.Tensor) -> None:
+    model.eval()
+    with torch.no_grad():
+        shared = model.forward_fields(images, PROMPTS)
+        detection = model(images, "detection", PROMPTS)
+        fov = model(images, "fov_morphology", PROMPTS)
+        segmentation = model(images, "segmentation", PROMPTS)
+        only_masks = model.forward_fields(images, PROMPTS, tasks=["segmentation"])
+    torch.testing.assert_close(shared.detection.logits, detection.logits)
+    torch.testing.assert_close(shared.detection.boxes, fov.boxes)
+    torch.testing.assert_close(shared.detection.attributes, fov.attributes)
+    torch.testing.assert_close(shared.segmentation.masks, segmentation.masks)
+    assert only_masks.detection is None and only_masks.segmentation is not None
+    with pytest.raises(ValueError, match="forward_fields"):
+        model.forward_fields(images, PROMPTS, tasks=["vqa"])
+
+
+def test_text_logits_give_the_token_cross_entropy(model: UniHema, images: torch.Tensor) -> None:
+    model.eval()
+    with torch.no_grad():
+        out = model(images, "vqa", PROMPTS, targets=text_targets())
+        reference = model.text.t5(
+            encoder_outputs=(out.memory,), attention_mask=out.memory_mask, labels=out.labels
+        ).loss
+    ours = torch.nn.functional.cross_entropy(
+        out.logits.flatten(0, 1), out.labels.flatten(), ignore_index=-100
+    )
+    torch.testing.assert_close(ours, reference)
 
 
 def test_fixed_mask_size_option(images: torch.Tensor) -> None:
     model = UniHema.from_config(small_test_config(hemaformer={"qgmf_mask_size": 40})).eval()
     with torch.no_grad():
-        assert model(images, "segmentation", PROMPTS)["pred_masks"].shape == (2, 1, 40, 40)
+        assert model(images, "segmentation", PROMPTS).masks.shape == (2, 1, 40, 40)
 
 
 def test_denoising_only_in_training_with_targets(model: UniHema, images: torch.Tensor) -> None:
     model.train()
     out = model(images, "fov_morphology", PROMPTS, targets=detection_targets())
-    dn = out["dn_outputs"]
-    qdn = dn["pred_logits"].shape[1]
-    assert (
-        qdn > 0 and dn["pred_boxes"].shape == (2, qdn, 4) and dn["pred_box_attributes"].shape == (2, qdn, 12)
-    )
-    assert len(dn["aux_outputs"]) == LAYERS - 1
-    assert out["dn_meta"]["pad_size"] == qdn
-    assert out["pred_logits"].shape == (2, Q, len(DETECTION_CLASSES))
-    assert "dn_outputs" not in model(images, "detection", PROMPTS)
+    dn = out.denoising
+    qdn = dn.logits.shape[1]
+    assert qdn > 0 and dn.boxes.shape == (2, qdn, 4) and dn.attributes.shape == (2, qdn, 12)
+    assert len(dn.aux) == LAYERS - 1
+    assert dn.meta.pad_size == qdn
+    assert out.logits.shape == (2, Q, len(DETECTION_CLASSES))
+    assert model(images, "detection", PROMPTS).denoising is None
     model.eval()
-    assert "dn_outputs" not in model(images, "detection", PROMPTS, targets=detection_targets())
+    assert model(images, "detection", PROMPTS, targets=detection_targets()).denoising is None
 
 
 @pytest.mark.parametrize("task", list(Task))
@@ -123,7 +155,7 @@ def test_gradients_reach_exactly_the_task_groups(model: UniHema, images: torch.T
     model.train()
     model.zero_grad(set_to_none=True)
     out = model(images, task, PROMPTS, targets=_targets(task))
-    loss = out["loss_text"] if task.is_text else sum(t.float().mean() for t in _tensors(out))
+    loss = sum(t.float().mean() for t in _tensors(out))
     loss.backward()
     reached = {
         name
@@ -150,11 +182,11 @@ def test_image_changes_the_answer(model: UniHema, images: torch.Tensor) -> None:
     with torch.no_grad():
         a = model(images, "vqa", PROMPTS, targets=text_targets())
         b = model(images.flip(-1) + 0.5, "vqa", PROMPTS, targets=text_targets())
-    assert not torch.allclose(a["text_logits"], b["text_logits"])
+    assert not torch.allclose(a.logits, b.logits)
     # Generation reads the same fused states: its first greedy token is the argmax of the first
     # teacher-forced step (both start from the decoder start token).
-    generated = model.text.generate(a["text_memory"], a["text_memory_mask"], max_new_tokens=4)
-    assert torch.equal(generated[:, 1], a["text_logits"][:, 0].argmax(-1))
+    generated = model.text.generate(a.memory, a.memory_mask, max_new_tokens=4)
+    assert torch.equal(generated[:, 1], a.logits[:, 0].argmax(-1))
     assert model.generate_text(images, PROMPTS, max_new_tokens=4) == model.text.decode(generated)
     beams = model.generate_text(images, PROMPTS, num_beams=3, max_new_tokens=4)
     assert len(beams) == 2 and all(isinstance(s, str) for s in beams)
@@ -176,8 +208,8 @@ def test_image_mask_reaches_the_model(model: UniHema, images: torch.Tensor) -> N
     mask = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
     mask[0, :, 32:] = True  # right half of the first image is padding
     with torch.no_grad():
-        masked = model(images, "classification", image_mask=mask)["cell_features"]
-        plain = model(images, "classification")["cell_features"]
+        masked = model(images, "classification", image_mask=mask).features
+        plain = model(images, "classification").features
     assert not torch.allclose(masked[0], plain[0])
     torch.testing.assert_close(masked[1], plain[1])
 
@@ -268,9 +300,7 @@ def test_pretrained_text_model_round_trip(tmp_path: Path, images: torch.Tensor) 
     loaded = UniHema.from_pretrained(tmp_path / "ckpt").eval()
     assert loaded.config.text.pretrained_path is None
     with torch.no_grad():
-        assert torch.equal(
-            model(images, "vqa", PROMPTS)["text_memory"], loaded(images, "vqa", PROMPTS)["text_memory"]
-        )
+        assert torch.equal(model(images, "vqa", PROMPTS).memory, loaded(images, "vqa", PROMPTS).memory)
 
 
 def test_paper_preset_builds_on_meta_and_mirrors_upstream_shapes() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from train_helpers import mini_config
 
+from support.training import mini_config
 from unihema.train.stages import TrainConfig
 from unihema.train.trainer import iter_metrics, run_training
 

@@ -7,6 +7,15 @@ import torch
 
 from unihema.data.schema import UNKNOWN, Task
 from unihema.data.vocab import CELL_ATTRIBUTES, FOV_ATTRIBUTES
+from unihema.model.outputs import (
+    BoxOutput,
+    CellOutput,
+    DenoisingMeta,
+    DenoisingOutput,
+    DetectionOutput,
+    SegmentationOutput,
+    TextOutput,
+)
 from unihema.train.losses import LossConfig, UniHemaCriterion, attribute_slices
 
 NUM_CLASSES = 5
@@ -24,7 +33,7 @@ def _target(boxes, labels, attributes=None, class_mask=None) -> dict:
     return {"boxes": boxes, "labels": labels, "attributes": torch.as_tensor(attributes), "class_mask": mask}
 
 
-def _perfect_outputs(target: dict, queries: int = 4) -> dict:
+def _perfect_outputs(target: dict, queries: int = 4) -> DetectionOutput:
     """Queries 0..N-1 predict the targets exactly; the rest predict confident background."""
     n = len(target["labels"])
     logits = torch.full((1, queries, NUM_CLASSES), -CONFIDENT)
@@ -37,7 +46,7 @@ def _perfect_outputs(target: dict, queries: int = 4) -> dict:
             value = int(target["attributes"][i, a])
             if value != UNKNOWN:
                 attrs[0, i, cols.start + value] = CONFIDENT
-    return {"pred_logits": logits, "pred_boxes": boxes, "pred_box_attributes": attrs}
+    return DetectionOutput(logits, boxes, attrs)
 
 
 def test_detection_perfect_prediction_has_low_loss_and_wrong_one_high() -> None:
@@ -48,9 +57,9 @@ def test_detection_perfect_prediction_has_low_loss_and_wrong_one_high() -> None:
     perfect = criterion(_perfect_outputs(target), [target], Task.FOV_MORPHOLOGY)
     assert float(perfect["loss"]) < 1e-3
     wrong = _perfect_outputs(target)
-    wrong["pred_boxes"][0, :2] = torch.tensor([[0.8, 0.2, 0.1, 0.1], [0.2, 0.8, 0.3, 0.1]])
-    wrong["pred_logits"][0, :2] = -CONFIDENT
-    wrong["pred_box_attributes"] = -wrong["pred_box_attributes"]
+    wrong.boxes[0, :2] = torch.tensor([[0.8, 0.2, 0.1, 0.1], [0.2, 0.8, 0.3, 0.1]])
+    wrong.logits[0, :2] = -CONFIDENT
+    wrong.attributes = -wrong.attributes
     losses = criterion(wrong, [target], Task.FOV_MORPHOLOGY)
     assert float(losses["loss"]) > 5.0
     for name in ("loss_class", "loss_bbox", "loss_giou", "loss_attributes"):
@@ -65,11 +74,9 @@ def test_partial_labels_give_no_gradient_to_unannotated_classes() -> None:
     enc_logits = torch.randn(1, 6, NUM_CLASSES, requires_grad=True)
     aux_logits = torch.randn(1, 6, NUM_CLASSES, requires_grad=True)
     boxes = torch.rand(1, 6, 4) * 0.5 + 0.25
-    outputs = {
-        "pred_logits": logits, "pred_boxes": boxes,
-        "aux_outputs": [{"pred_logits": aux_logits, "pred_boxes": boxes}],
-        "enc_outputs": {"pred_logits": enc_logits, "pred_boxes": boxes},
-    }  # fmt: skip
+    outputs = DetectionOutput(
+        logits, boxes, aux=[BoxOutput(aux_logits, boxes)], encoder=BoxOutput(enc_logits, boxes)
+    )
     UniHemaCriterion()(outputs, [target], Task.DETECTION)["loss"].backward()
     for tensor in (logits, aux_logits, enc_logits):
         assert torch.all(tensor.grad[..., 3:] == 0)
@@ -78,7 +85,7 @@ def test_partial_labels_give_no_gradient_to_unannotated_classes() -> None:
 
 def test_label_outside_class_mask_is_rejected() -> None:
     target = _target([[0.5, 0.5, 0.2, 0.2]], [4], class_mask=[True, True, True, False, False])
-    outputs = {"pred_logits": torch.zeros(1, 2, NUM_CLASSES), "pred_boxes": torch.full((1, 2, 4), 0.5)}
+    outputs = DetectionOutput(torch.zeros(1, 2, NUM_CLASSES), torch.full((1, 2, 4), 0.5))
     with pytest.raises(ValueError, match="outside the sample's class_mask"):
         UniHemaCriterion()(outputs, [target], Task.DETECTION)
 
@@ -88,29 +95,25 @@ def test_unknown_attributes_are_ignored(attribute_loss: str) -> None:
     known = [0, UNKNOWN, 1, UNKNOWN, UNKNOWN, 0]
     target = _target([[0.5, 0.5, 0.2, 0.2]], [2], [known])
     outputs = _perfect_outputs(target, queries=3)
-    outputs["pred_box_attributes"] = torch.randn(1, 3, NUM_FOV, requires_grad=True)
+    outputs.attributes = torch.randn(1, 3, NUM_FOV, requires_grad=True)
     criterion = UniHemaCriterion(LossConfig(attribute_loss=attribute_loss, aux_loss=False))
     losses = criterion(outputs, [target], Task.FOV_MORPHOLOGY)
     losses["loss"].backward()
-    grad = outputs["pred_box_attributes"].grad[0, 0]
+    grad = outputs.attributes.grad[0, 0]
     for a, cols in enumerate(attribute_slices(FOV_ATTRIBUTES)):
         if known[a] == UNKNOWN:
             assert torch.all(grad[cols] == 0), a
         else:
             assert torch.any(grad[cols] != 0), a
     # Unmatched queries carry no attribute supervision at all.
-    assert torch.all(outputs["pred_box_attributes"].grad[0, 1:] == 0)
+    assert torch.all(outputs.attributes.grad[0, 1:] == 0)
     assert float(losses["loss_attributes"].detach()) > 0
 
 
 def test_image_without_targets_learns_background_only() -> None:
     target = _target(torch.zeros(0, 4).tolist(), [])
     logits = torch.zeros(1, 3, NUM_CLASSES, requires_grad=True)
-    outputs = {
-        "pred_logits": logits,
-        "pred_boxes": torch.full((1, 3, 4), 0.5),
-        "pred_box_attributes": torch.zeros(1, 3, NUM_FOV),
-    }
+    outputs = DetectionOutput(logits, torch.full((1, 3, 4), 0.5), torch.zeros(1, 3, NUM_FOV))
     losses = UniHemaCriterion()(outputs, [target], Task.DETECTION)
     assert float(losses["loss_bbox"]) == 0 and float(losses["loss_giou"]) == 0
     losses["loss"].backward()
@@ -126,32 +129,22 @@ def test_denoising_losses_use_known_assignment() -> None:
         for j in range(2):
             dn_logits[0, g * group_size + j, target["labels"][j]] = CONFIDENT
             dn_boxes[0, g * group_size + j] = target["boxes"][j]
-    main = _perfect_outputs(target)
-    outputs = {
-        **main,
-        "dn_outputs": {"pred_logits": dn_logits, "pred_boxes": dn_boxes},
-        "dn_meta": {"pad_size": 8, "num_dn_group": 2},
-    }
+    outputs = _perfect_outputs(target)
+    dino_layout = DenoisingMeta(pad_size=8, num_groups=2)  # no explicit matches: the DINO layout
+    outputs.denoising = DenoisingOutput(dn_logits, dn_boxes, meta=dino_layout)
     criterion = UniHemaCriterion(LossConfig(aux_loss=False))
     good = criterion(outputs, [target], Task.DETECTION)
     assert float(good["loss_bbox_dn"]) == 0 and float(good["loss_class_dn"]) < 1e-3
     # Swapping the two positives of group 1 must be penalised (no matching would have fixed it).
     swapped = dn_boxes.clone()
     swapped[0, [4, 5]] = dn_boxes[0, [5, 4]]
-    outputs["dn_outputs"] = {"pred_logits": dn_logits, "pred_boxes": swapped}
+    outputs.denoising = DenoisingOutput(dn_logits, swapped, meta=dino_layout)
     bad = criterion(outputs, [target], Task.DETECTION)
     expected_l1 = 5.0 * (target["boxes"][0] - target["boxes"][1]).abs().sum() * 2 / (2 * groups)
     assert float(bad["loss_bbox_dn"]) == pytest.approx(float(expected_l1), rel=1e-5)
+    outputs.denoising = DenoisingOutput(dn_logits, dn_boxes, meta=DenoisingMeta(pad_size=2, num_groups=2))
     with pytest.raises(ValueError, match="cannot hold"):
-        criterion(
-            {
-                **main,
-                "dn_outputs": {"pred_logits": dn_logits, "pred_boxes": dn_boxes},
-                "dn_meta": {"pad_size": 2, "num_dn_group": 2},
-            },
-            [target],
-            Task.DETECTION,
-        )
+        criterion(outputs, [target], Task.DETECTION)
 
 
 def test_segmentation_perfect_low_and_padding_ignored() -> None:
@@ -163,13 +156,16 @@ def test_segmentation_perfect_low_and_padding_ignored() -> None:
     padded[0, 0, 6:, :] = CONFIDENT  # garbage in the padding must not matter
     padded.requires_grad_(True)
     losses = UniHemaCriterion()(
-        {"pred_masks": padded}, [{"mask": mask}], Task.SEGMENTATION, padded_size=(10, 10)
+        SegmentationOutput(padded, padded), [{"mask": mask}], Task.SEGMENTATION, padded_size=(10, 10)
     )
     assert float(losses["loss"].detach()) < 1e-3
     losses["loss"].backward()
     assert torch.all(padded.grad[0, 0, 6:] == 0)
     inverted = UniHemaCriterion()(
-        {"pred_masks": -padded.detach()}, [{"mask": mask}], Task.SEGMENTATION, padded_size=(10, 10)
+        SegmentationOutput(-padded.detach(), padded),
+        [{"mask": mask}],
+        Task.SEGMENTATION,
+        padded_size=(10, 10),
     )
     assert float(inverted["loss_mask_dice"]) > 1.5  # dice weight 2 x dice loss close to 1
     assert float(inverted["loss_mask_focal"]) > 0.5
@@ -181,7 +177,7 @@ def test_segmentation_lower_resolution_prediction_is_upsampled() -> None:
     low = torch.full((1, 1, 4, 4), -CONFIDENT)
     low[0, 0, :2] = CONFIDENT
     losses = UniHemaCriterion()(
-        {"pred_masks": low}, [{"mask": mask}], Task.SEGMENTATION, padded_size=(16, 16)
+        SegmentationOutput(low, low), [{"mask": mask}], Task.SEGMENTATION, padded_size=(16, 16)
     )
     assert float(losses["loss_mask_dice"]) < 0.15
 
@@ -195,9 +191,7 @@ def test_cell_class_and_attributes_ignore_unknown() -> None:
         {"cell_class": torch.tensor(3), "cell_attributes": torch.tensor([0] + [UNKNOWN] * 10)},
         {"cell_class": torch.tensor(6), "cell_attributes": torch.full((11,), UNKNOWN)},
     ]
-    losses = UniHemaCriterion()(
-        {"pred_cell_logits": logits, "pred_cell_attributes": attrs}, targets, Task.CELL_MORPHOLOGY
-    )
+    losses = UniHemaCriterion()(CellOutput(torch.zeros(2, 4), logits, attrs), targets, Task.CELL_MORPHOLOGY)
     assert float(losses["loss_cell_class"]) < 1e-3
     # Only attribute 0 of sample 0 is known: CE of 2 uniform logits = log 2.
     assert float(losses["loss_cell_attributes"].detach()) == pytest.approx(
@@ -216,10 +210,18 @@ def test_text_loss_ignores_padding_positions() -> None:
         for t in range(4):
             logits[b, t, max(int(labels[b, t]), 0)] = 8.0
     logits[:, :, 5] = torch.where(labels == -100, 100.0, -8.0)  # wild logits on ignored positions
-    losses = UniHemaCriterion()({"text_logits": logits, "text_labels": labels}, [{}, {}], Task.VQA)
+    memory = torch.zeros(2, 3, 4)
+    outputs = TextOutput(memory, torch.ones(2, 3), logits=logits, labels=labels)
+    losses = UniHemaCriterion()(outputs, [{}, {}], Task.VQA)
     assert float(losses["loss_text"]) < 1e-3
-    with pytest.raises(ValueError, match="text_logits/text_labels"):
-        UniHemaCriterion()({}, [{}], Task.MLM)
+    with pytest.raises(ValueError, match="no logits/labels"):
+        UniHemaCriterion()(TextOutput(memory, torch.ones(2, 3)), [{}], Task.MLM)
+
+
+def test_output_of_the_wrong_task_is_rejected() -> None:
+    masks = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(TypeError, match="detection batch needs a DetectionOutput, got SegmentationOutput"):
+        UniHemaCriterion()(SegmentationOutput(masks, masks), [{}], Task.DETECTION)
 
 
 def test_loss_config_validation_names_the_field() -> None:
@@ -243,17 +245,17 @@ def test_denoising_meta_of_the_model_supervises_positives_and_negatives_only() -
         label_noise_ratio=0.0, box_noise_scale=0.0,
     )  # fmt: skip
     meta = queries.meta
-    pad = meta["pad_size"]
+    pad = meta.pad_size
     dn_logits = torch.zeros(2, pad, NUM_CLASSES, requires_grad=True)
     dn_boxes = torch.full((2, pad, 4), 0.5)
-    outputs = {
-        "pred_logits": torch.zeros(2, 3, NUM_CLASSES), "pred_boxes": torch.full((2, 3, 4), 0.5),
-        "dn_outputs": {"pred_logits": dn_logits, "pred_boxes": dn_boxes}, "dn_meta": meta,
-    }  # fmt: skip
+    outputs = DetectionOutput(
+        torch.zeros(2, 3, NUM_CLASSES), torch.full((2, 3, 4), 0.5),
+        denoising=DenoisingOutput(dn_logits, dn_boxes, meta=meta),
+    )  # fmt: skip
     UniHemaCriterion(LossConfig(aux_loss=False))(outputs, targets, Task.DETECTION)["loss"].backward()
     per_query = dn_logits.grad.abs().sum(-1)
-    max_targets = meta["max_targets"]
-    for g in range(meta["num_groups"]):
+    max_targets = meta.max_targets
+    for g in range(meta.num_groups):
         base = g * 2 * max_targets
         # Image 1 has one target: slot 1 of each half is unused padding and gets no gradient.
         assert per_query[1, base + 1] == 0 and per_query[1, base + max_targets + 1] == 0

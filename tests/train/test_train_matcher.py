@@ -1,8 +1,11 @@
-"""Hungarian matcher: optimality against brute force, empty targets, validation."""
+"""Hungarian matcher: the brute-force optimal assignment (also where greedy matching and degenerate boxes
+fail), empty targets, validation."""
 
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,16 +19,45 @@ def _random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([centre, size], dim=1)
 
 
-def _brute_force_cost(cost: torch.Tensor) -> float:
-    queries, targets = cost.shape
-    best = float("inf")
+def _assignments(queries: int, targets: int) -> Iterator[list[tuple[int, int]]]:
+    """Every one-to-one assignment of ``min(queries, targets)`` (query, target) pairs, sorted by query."""
     if queries >= targets:
         for rows in itertools.permutations(range(queries), targets):
-            best = min(best, float(sum(cost[r, c] for c, r in enumerate(rows))))
+            yield sorted(zip(rows, range(targets)))
     else:
         for cols in itertools.permutations(range(targets), queries):
-            best = min(best, float(sum(cost[r, c] for r, c in enumerate(cols))))
-    return best
+            yield list(zip(range(queries), cols))
+
+
+def _ranked_assignments(cost: torch.Tensor) -> list[tuple[float, list[tuple[int, int]]]]:
+    """All assignments with their total cost, cheapest first; a NaN pair makes the total infinite."""
+    table = cost.tolist()
+    ranked = []
+    for pairs in _assignments(*cost.shape):
+        total = sum(table[q][t] for q, t in pairs)
+        ranked.append((float("inf") if math.isnan(total) else total, pairs))
+    return sorted(ranked, key=lambda item: item[0])
+
+
+def _greedy_assignment(cost: torch.Tensor) -> list[tuple[int, int]]:
+    """Each target in turn takes its cheapest free query (NaN pairs last)."""
+    table = torch.nan_to_num(cost, nan=float("inf")).tolist()
+    free, pairs = set(range(cost.shape[0])), []
+    for target in range(cost.shape[1]):
+        if not free:
+            break
+        query = min(free, key=lambda q: table[q][target])
+        free.remove(query)
+        pairs.append((query, target))
+    return sorted(pairs)
+
+
+def _identity_assignment(cost: torch.Tensor) -> list[tuple[int, int]]:
+    return [(i, i) for i in range(min(cost.shape))]
+
+
+def _matched_pairs(rows: torch.Tensor, cols: torch.Tensor) -> list[tuple[int, int]]:
+    return list(zip(rows.tolist(), cols.tolist()))
 
 
 @pytest.mark.parametrize(("queries", "targets"), [(5, 3), (4, 4), (6, 1), (3, 5)])
@@ -43,7 +75,8 @@ def test_matches_brute_force_optimum(queries: int, targets: int) -> None:
         assert len(rows) == len(cols) == min(queries, targets)
         assert len(set(rows.tolist())) == len(rows) and len(set(cols.tolist())) == len(cols)
         cost = matching_cost(logits[0], boxes[0], target["labels"], target["boxes"], matcher.config)
-        assert float(cost[rows, cols].sum()) == pytest.approx(_brute_force_cost(cost), rel=1e-5, abs=1e-5)
+        best_total = _ranked_assignments(cost)[0][0]
+        assert float(cost[rows, cols].sum()) == pytest.approx(best_total, rel=1e-5, abs=1e-5)
 
 
 def test_recovers_a_permutation_of_exact_predictions() -> None:
@@ -69,12 +102,63 @@ def test_handles_images_without_targets_in_a_batch() -> None:
     assert sorted(indices[1][1].tolist()) == [0, 1]
 
 
-def test_degenerate_boxes_do_not_break_matching() -> None:
+def _random_case(
+    queries: int, targets: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits, boxes and a target dict in which about a quarter of the boxes have zero width and/or height."""
+    boxes = [_random_boxes(n, generator) for n in (queries, targets)]
+    for box in boxes:
+        degenerate = torch.rand(box.shape[0], 2, generator=generator) < 0.25
+        box[:, 2:][degenerate] = 0.0
+    labels = torch.randint(0, 5, (targets,), generator=generator)
+    logits = torch.randn(1, queries, 5, generator=generator) * 2
+    return logits, boxes[0][None], {"labels": labels, "boxes": boxes[1]}
+
+
+@pytest.mark.parametrize(("queries", "targets"), [(4, 3), (5, 5), (6, 4), (3, 5)])
+def test_assignment_is_the_brute_force_optimum_where_greedy_and_identity_are_not(
+    queries: int, targets: int
+) -> None:
+    matcher = HungarianMatcher()
+    generator = torch.Generator().manual_seed(100 + queries * 10 + targets)
+    checked = nonfinite_cases = 0
+    for _ in range(300):
+        logits, boxes, target = _random_case(queries, targets, generator)
+        cost = matching_cost(logits[0], boxes[0], target["labels"], target["boxes"], matcher.config)
+        (best_total, expected), (runner_up, _) = _ranked_assignments(cost)[:2]
+        # Only cases with one clear, finite optimum that neither shortcut finds.
+        if not math.isfinite(best_total) or runner_up - best_total < 1e-3:
+            continue
+        if expected in (_greedy_assignment(cost), _identity_assignment(cost)):
+            continue
+        ((rows, cols),) = matcher(logits, boxes, [target])
+        assert _matched_pairs(rows, cols) == expected
+        checked += 1
+        nonfinite_cases += int(cost.isnan().any())
+        if checked >= 6 and nonfinite_cases:
+            break
+    # Enough such cases were checked, some with degenerate pairs whose cost is NaN.
+    assert checked >= 6 and nonfinite_cases > 0
+
+
+def test_overlapping_boxes_get_the_optimal_not_the_greedy_assignment() -> None:
+    # Equal-sized boxes on one horizontal line. Query 0 is the nearest to target 0 (0.04 away) but also the
+    # only good match of target 1 (0.08 away); query 1 is 0.08 from target 0 and 0.20 from target 1. Greedy
+    # matching in target order pairs (q0, t0), (q1, t1); the optimum is (q0, t1), (q1, t0). Query 2, a
+    # zero-size box, is a distractor far from both.
+    targets = {
+        "labels": torch.tensor([1, 1]),
+        "boxes": torch.tensor([[0.30, 0.5, 0.2, 0.2], [0.42, 0.5, 0.2, 0.2]]),
+    }
+    boxes = torch.tensor([[[0.34, 0.5, 0.2, 0.2], [0.22, 0.5, 0.2, 0.2], [0.9, 0.9, 0.0, 0.0]]])
     logits = torch.zeros(1, 3, 2)
-    boxes = torch.tensor([[[0.5, 0.5, 0.0, 0.0], [0.2, 0.2, 0.1, 0.1], [0.7, 0.7, 0.2, 0.2]]])
-    target = {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.0, 0.0]])}
-    ((rows, cols),) = HungarianMatcher()(logits, boxes, [target])
-    assert rows.numel() == 1 and cols.tolist() == [0]
+    matcher = HungarianMatcher()
+    cost = matching_cost(logits[0], boxes[0], targets["labels"], targets["boxes"], matcher.config)
+    assert _greedy_assignment(cost) == [(0, 0), (1, 1)]
+    expected = _ranked_assignments(cost)[0][1]
+    assert expected == [(0, 1), (1, 0)]
+    ((rows, cols),) = matcher(logits, boxes, [targets])
+    assert _matched_pairs(rows, cols) == expected
 
 
 def test_rejects_bad_inputs() -> None:

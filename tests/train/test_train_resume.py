@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import mini_config, write_yaml
 
+from support.paths import REPO_ROOT
+from support.training import mini_config, write_yaml
 from unihema.train.checkpoint import LATEST_FILE, read_latest_name
 from unihema.train.stages import TrainConfig
 from unihema.train.trainer import iter_metrics, run_training
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # Periodic checkpoints inside the second stage (global steps 4-11): the run is killed after the first of
 # them it is seen to write (usually step 4; a busy machine may let it get further).
 KILL_AFTER = ("step-00000004", "step-00000006", "step-00000008", "step-00000010")

@@ -6,14 +6,13 @@ import math
 from pathlib import Path
 
 import pytest
-from train_helpers import mini_config, write_yaml
 
-from conftest import dataset_path
+from support.paths import REPO_ROOT, dataset_path
+from support.training import mini_config, write_yaml
 from unihema.data.schema import Task
 from unihema.model.configuration import MODULE_GROUPS
 from unihema.train.stages import SchedulerConfig, TrainConfig, TrainConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGE = {"name": "s1", "tasks": {"classification": ["synthetic"]}, "train": ["heads"], "max_steps": 2}
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import mini_config
 
+from support.training import mini_config
 from unihema.model.unihema import UniHema
 from unihema.train.checkpoint import latest_checkpoint
 from unihema.train.losses import UniHemaCriterion

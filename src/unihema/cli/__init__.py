@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("data", "model", "train", "evaluate", "demo")
+COMMAND_MODULES = ("data", "model", "train", "evaluate", "predict", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -187,6 +187,23 @@ def _class_mask(dataset: str, indices: Iterable[int]) -> torch.Tensor:
     return mask
 
 
+def pad_images(images: Sequence[torch.Tensor], pad_to_multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, h, w) images zero-padded at the bottom/right into one (B, C, H, W) batch, H and W the largest
+    sizes rounded up to ``pad_to_multiple``; returns it with ``image_mask`` (B, H, W), True on the padding."""
+    if pad_to_multiple < 1:
+        raise ValueError(f"pad_to_multiple must be >= 1, got {pad_to_multiple}")
+    max_h = -(-max(int(image.shape[-2]) for image in images) // pad_to_multiple) * pad_to_multiple
+    max_w = -(-max(int(image.shape[-1]) for image in images) // pad_to_multiple) * pad_to_multiple
+    first = images[0]
+    batch = torch.zeros((len(images), first.shape[0], max_h, max_w), dtype=first.dtype)
+    image_mask = torch.ones((len(images), max_h, max_w), dtype=torch.bool)
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        batch[i, :, :h, :w] = image
+        image_mask[i, :h, :w] = False
+    return batch, image_mask
+
+
 def collate(items: Sequence[dict[str, Any]], pad_to_multiple: int = 1) -> dict[str, Any]:
     """One task-homogeneous batch in the contract of ``docs/architecture.md``.
 
@@ -201,17 +218,7 @@ def collate(items: Sequence[dict[str, Any]], pad_to_multiple: int = 1) -> dict[s
     tasks = {item["task"] for item in items}
     if len(tasks) != 1:
         raise ValueError(f"collate: a batch must hold one task, got {sorted(t.value for t in tasks)}")
-    max_h = max(int(item["image"].shape[-2]) for item in items)
-    max_w = max(int(item["image"].shape[-1]) for item in items)
-    max_h = -(-max_h // pad_to_multiple) * pad_to_multiple
-    max_w = -(-max_w // pad_to_multiple) * pad_to_multiple
-    first = items[0]["image"]
-    images = torch.zeros((len(items), first.shape[0], max_h, max_w), dtype=first.dtype)
-    image_mask = torch.ones((len(items), max_h, max_w), dtype=torch.bool)
-    for i, item in enumerate(items):
-        h, w = item["image"].shape[-2:]
-        images[i, :, :h, :w] = item["image"]
-        image_mask[i, :h, :w] = False
+    images, image_mask = pad_images([item["image"] for item in items], pad_to_multiple)
     return {
         "task": tasks.pop(),
         "images": images,

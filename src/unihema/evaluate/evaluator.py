@@ -1,7 +1,7 @@
 """Run a model over held-out samples of each task and compute the paper's metric for it.
 
 ``evaluate(model, samples_by_task)`` returns one :class:`TaskResult` per task. Predictions are decoded
-here from the model's raw outputs (see :mod:`unihema.model.unihema` for the output keys):
+from the model's typed outputs by :mod:`unihema.inference.postprocess` (the predictor's decoding):
 
 - detection: sigmoid class scores over queries x classes, the best ``max_detections`` pairs kept;
 - FoV morphology: each cell takes the attributes of the best-scoring detection that overlaps it with
@@ -26,7 +26,8 @@ from torchvision.ops import box_convert
 from unihema.data.schema import Sample, Task
 from unihema.data.vocab import CELL_ATTRIBUTES, FOV_ATTRIBUTES
 from unihema.evaluate import metrics
-from unihema.model.heads import attribute_slices
+from unihema.inference.postprocess import decode_attributes, decode_detections, mask_probabilities
+from unihema.model.text import MAX_NEW_TOKENS
 
 TASK_METRICS: dict[Task, str] = {
     Task.DETECTION: "mAP50",
@@ -50,7 +51,7 @@ class EvalConfig:
             of the ``max_detections`` kept boxes; the best-scoring overlap wins).
         mask_threshold: probability above which a pixel is foreground.
         num_beams: beam width for text generation (1 = greedy).
-        max_new_tokens: longest generated answer (64, the text length of the authors' model).
+        max_new_tokens: longest generated answer (:data:`unihema.model.text.MAX_NEW_TOKENS`).
         transforms: input sizes and normalisation (a :class:`unihema.data.transforms.TransformConfig`);
             ``None`` uses its defaults. Use the training run's so evaluation sees the same scale.
         pad_to_multiple: batches are padded to a multiple of this many pixels (as in training).
@@ -64,7 +65,7 @@ class EvalConfig:
     attribute_score_threshold: float = 0.0
     mask_threshold: float = 0.5
     num_beams: int = 1
-    max_new_tokens: int = 64
+    max_new_tokens: int = MAX_NEW_TOKENS
     transforms: Any = None
     pad_to_multiple: int = 32
     shuffled_image_check: bool = True
@@ -87,49 +88,6 @@ class TaskResult:
     value: float
     details: dict[str, Any] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
-
-
-def decode_attributes(flat_logits: torch.Tensor, schema: Sequence[tuple[str, Sequence[str]]]) -> torch.Tensor:
-    """Argmax per attribute group: (..., sum(values)) -> (..., n_attributes) int64."""
-    return torch.stack([flat_logits[..., s].argmax(-1) for s in attribute_slices(schema).values()], dim=-1)
-
-
-def decode_detections(
-    outputs: Mapping[str, torch.Tensor], sizes: torch.Tensor, max_detections: int
-) -> list[dict[str, torch.Tensor]]:
-    """Top-scoring (query, class) pairs per image, boxes in xyxy pixels of the given (h, w) sizes.
-
-    Returns per image: ``boxes`` (K, 4), ``scores`` (K,), ``labels`` (K,), ``queries`` (K,) (the query
-    each detection came from, so per-query heads such as attributes can be read for it).
-    """
-    probabilities = outputs["pred_logits"].float().sigmoid()
-    batch, num_queries, num_classes = probabilities.shape
-    k = min(max_detections, num_queries * num_classes)
-    scores, flat_index = probabilities.flatten(1).topk(k, dim=1)
-    queries = flat_index // num_classes
-    labels = flat_index % num_classes
-    boxes = box_convert(outputs["pred_boxes"].float(), "cxcywh", "xyxy")
-    results = []
-    for i in range(batch):
-        height, width = (float(v) for v in sizes[i])
-        scale = torch.tensor([width, height, width, height], device=boxes.device)
-        results.append({
-            "boxes": boxes[i, queries[i]] * scale, "scores": scores[i], "labels": labels[i], "queries": queries[i],
-        })  # fmt: skip
-    return results
-
-
-def mask_logits_at_input(pred_masks: torch.Tensor, padded_size: Sequence[int]) -> torch.Tensor:
-    """``pred_masks`` (B, 1, h, w) resized (bilinear, as in the training loss) to the padded input size.
-
-    A model configured with a fixed mask size (``qgmf_mask_size`` an integer) predicts over the whole
-    padded input at that resolution, so it must be resized before each image's unpadded area is cropped.
-    """
-    logits = pred_masks.float()
-    size = tuple(int(v) for v in padded_size)
-    if tuple(logits.shape[-2:]) != size:
-        logits = torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-    return logits
 
 
 def _batches(samples: Sequence[Sample], task: Task, config: EvalConfig) -> Iterable[dict[str, Any]]:
@@ -174,31 +132,33 @@ def _collect_detection(model, samples, task, config, device) -> TaskResult:
         outputs = model(images, task, prompts=batch["prompts"], image_mask=image_mask)
         sizes = torch.stack([t["size"] for t in batch["targets"]]).float()
         decoded = decode_detections(outputs, sizes, config.max_detections)
+        attribute_values = None
+        if task is Task.FOV_MORPHOLOGY:
+            attribute_values = decode_attributes(outputs.attributes, FOV_ATTRIBUTES)[0].cpu().numpy()
         for i, (detections, target) in enumerate(zip(decoded, batch["targets"])):
             height, width = (float(v) for v in target["size"])
             scale = torch.tensor([width, height, width, height])
             gt_boxes = (box_convert(target["boxes"].float().cpu(), "cxcywh", "xyxy") * scale).numpy()
             gt_labels = target["labels"].cpu().numpy()
             prediction = metrics.DetectionPrediction(
-                boxes=detections["boxes"].cpu().numpy(), scores=detections["scores"].cpu().numpy(),
-                labels=detections["labels"].cpu().numpy(),
+                boxes=detections.boxes.cpu().numpy(), scores=detections.scores.cpu().numpy(),
+                labels=detections.labels.cpu().numpy(),
             )  # fmt: skip
             predictions.append(prediction)
             targets.append(
                 metrics.DetectionTarget(boxes=gt_boxes, labels=gt_labels, size=(int(height), int(width)))
             )
             if task is Task.FOV_MORPHOLOGY:
-                confident = (detections["scores"] >= config.attribute_score_threshold).cpu().numpy()
+                confident = (detections.scores >= config.attribute_score_threshold).cpu().numpy()
                 # One box per query (its best class): a query's other classes would let one box claim
                 # two overlapping cells.
-                queries = detections["queries"].cpu().numpy()
+                queries = detections.queries.cpu().numpy()
                 best_class_of_query = np.zeros(len(queries), dtype=bool)
                 best_class_of_query[np.unique(queries, return_index=True)[1]] = True
                 confident &= best_class_of_query
                 kept_queries = queries[confident]
                 matches = metrics.match_detections(prediction.boxes[confident], gt_boxes)
-                flat = outputs["pred_box_attributes"][i]
-                decoded_attributes = decode_attributes(flat, FOV_ATTRIBUTES).cpu().numpy()
+                decoded_attributes = attribute_values[i]
                 gt_attributes = target["attributes"].cpu().numpy()
                 for pred_index, gt_index in matches:
                     attribute_pred.append(decoded_attributes[kept_queries[pred_index]])
@@ -237,10 +197,10 @@ def _collect_segmentation(model, samples, task, config, device) -> TaskResult:
     for batch in _batches(samples, task, config):
         images, image_mask = _to_device(batch, device)
         outputs = model(images, task, prompts=batch["prompts"], image_mask=image_mask)
-        probabilities = mask_logits_at_input(outputs["pred_masks"], images.shape[-2:]).sigmoid()[:, 0].cpu()
-        for i, target in enumerate(batch["targets"]):
-            height, width = target["mask"].shape[-2:]
-            predicted.append((probabilities[i, :height, :width] > config.mask_threshold).numpy())
+        sizes = [tuple(t["mask"].shape[-2:]) for t in batch["targets"]]
+        probabilities = mask_probabilities(outputs.masks, images.shape[-2:], sizes)
+        for probability, target in zip(probabilities, batch["targets"]):
+            predicted.append((probability > config.mask_threshold).cpu().numpy())
             expected.append(target["mask"].cpu().numpy() > 0.5)
     scores = metrics.dice_scores(predicted, expected)
     examples = [{"sample_id": s.sample_id, "dice": float(d)} for s, d in zip(samples[:4], scores[:4])]
@@ -253,12 +213,10 @@ def _collect_classification(model, samples, task, config, device) -> TaskResult:
         images, image_mask = _to_device(batch, device)
         outputs = model(images, task, prompts=batch["prompts"], image_mask=image_mask)
         if task is Task.CLASSIFICATION:
-            predicted.extend(outputs["pred_cell_logits"].argmax(-1).cpu().tolist())
+            predicted.extend(outputs.class_logits.argmax(-1).cpu().tolist())
             expected.extend(int(t["cell_class"]) for t in batch["targets"])
         else:
-            predicted.append(
-                decode_attributes(outputs["pred_cell_attributes"], CELL_ATTRIBUTES).cpu().numpy()
-            )
+            predicted.append(decode_attributes(outputs.attribute_logits, CELL_ATTRIBUTES)[0].cpu().numpy())
             expected.append(torch.stack([t["cell_attributes"] for t in batch["targets"]]).cpu().numpy())
     if task is Task.CLASSIFICATION:
         scores = metrics.classification_scores(predicted, expected)

@@ -19,21 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from unihema.atomic import atomic_write_text
 from unihema.data.schema import Task
-from unihema.data.vocab import DETECTION_CLASSES
 from unihema.evaluate.evaluator import TaskResult
-
-OVERLAY_COLOURS = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-)
 
 
 def _jsonable(value: Any) -> Any:
@@ -119,50 +108,3 @@ def write_report(out_dir: Path, report: Mapping[str, Any], overlays: Sequence[st
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     atomic_write_text(md_path, markdown_report(report, overlays))
     return json_path, md_path
-
-
-MIN_OVERLAY_SIDE = 512
-"""Overlays of smaller images are drawn on an upscaled copy so that boxes and captions stay legible."""
-
-
-def display_scale(image: Image.Image, min_side: int = MIN_OVERLAY_SIDE) -> int:
-    """Integer upscaling factor that brings the shorter side of ``image`` to at least ``min_side``."""
-    return max(1, -(-min_side // max(1, min(image.size))))
-
-
-def draw_detections(
-    image: Image.Image,
-    boxes: np.ndarray,
-    labels: Sequence[int],
-    scores: Sequence[float] | None = None,
-    min_side: int = MIN_OVERLAY_SIDE,
-) -> Image.Image:
-    """Boxes (xyxy pixels of ``image``) with class names (and scores) drawn on a copy of ``image``,
-    upscaled by :func:`display_scale` (nearest neighbour, so pixels stay visible) when it is small."""
-    scale = display_scale(image, min_side)
-    canvas = image.convert("RGB")
-    canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
-    draw = ImageDraw.Draw(canvas)
-    for index, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4) * scale, labels)):
-        colour = OVERLAY_COLOURS[int(label) % len(OVERLAY_COLOURS)]
-        draw.rectangle([float(v) for v in box], outline=colour, width=2)
-        caption = DETECTION_CLASSES[int(label)] if 0 <= int(label) < len(DETECTION_CLASSES) else str(label)
-        if scores is not None:
-            caption += f" {float(scores[index]):.2f}"
-        draw.text((float(box[0]) + 2, float(box[1]) + 1), caption, fill=colour)
-    return canvas
-
-
-def draw_mask(
-    image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 255), alpha: float = 0.45
-) -> Image.Image:
-    """``mask`` (H, W) bool blended over a copy of ``image`` (upscaled like :func:`draw_detections`)."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != (image.height, image.width):
-        raise ValueError(f"mask shape {mask.shape} does not match image {(image.height, image.width)}")
-    scale = display_scale(image)
-    base = np.asarray(image.convert("RGB"), dtype=np.float32).repeat(scale, 0).repeat(scale, 1)
-    mask = mask.repeat(scale, 0).repeat(scale, 1)
-    blended = base.copy()
-    blended[mask] = (1 - alpha) * base[mask] + alpha * np.asarray(colour, dtype=np.float32)
-    return Image.fromarray(blended.clip(0, 255).astype(np.uint8))

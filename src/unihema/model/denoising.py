@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
+from unihema.model.outputs import DenoisingMeta
+
 # Boxes are clamped into the image before the inverse sigmoid.
 _EPS = 1e-5
 
@@ -41,13 +43,13 @@ class DenoisingQueries:
         content: (B, pad_size, d) label embeddings of the noised labels (zeros in unused slots).
         anchors: (B, pad_size, 4) inverse-sigmoid of the noised cxcywh boxes.
         attn_mask: (pad_size + num_queries, pad_size + num_queries) bool, True = may NOT attend.
-        meta: dict for the loss, see :func:`build_denoising_queries`.
+        meta: the layout the loss needs (:class:`~unihema.model.outputs.DenoisingMeta`).
     """
 
     content: Tensor
     anchors: Tensor
     attn_mask: Tensor
-    meta: dict
+    meta: DenoisingMeta
 
 
 def _check_targets(targets: list[dict], num_classes: int) -> None:
@@ -162,11 +164,11 @@ def build_denoising_queries(
         local = torch.arange(n, device=device)[None]
         positive_matches.append(((group_offsets + local).flatten(), local.expand(num_groups, n).flatten()))
         negative_indices.append((group_offsets + max_targets + local).flatten())
-    meta = {
-        "pad_size": pad_size,
-        "num_groups": num_groups,
-        "max_targets": max_targets,
-        "positive_matches": positive_matches,
-        "negative_indices": negative_indices,
-    }
+    meta = DenoisingMeta(
+        pad_size=pad_size,
+        num_groups=num_groups,
+        max_targets=max_targets,
+        positive_matches=positive_matches,
+        negative_indices=negative_indices,
+    )
     return DenoisingQueries(content=content, anchors=anchors, attn_mask=attn_mask, meta=meta)

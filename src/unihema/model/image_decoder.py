@@ -50,6 +50,7 @@ from unihema.model.backbone import sine_embed
 from unihema.model.deformable import MultiScaleDeformableAttention
 from unihema.model.denoising import DenoisingQueries, build_denoising_queries, inverse_sigmoid
 from unihema.model.image_encoder import EncoderOutput
+from unihema.model.outputs import DenoisingMeta
 
 # Initial class probability of every query (focal-loss prior, RetinaNet/DINO).
 PRIOR_PROB = 0.01
@@ -146,8 +147,7 @@ class DecoderOutput:
             the matching queries before each layer (index 0 = selected proposals) and after the last.
         dn_logits, dn_boxes, dn_hidden_states: (L, B, Qdn, C / 4 / d) outputs of the denoising
             queries, or ``None`` when denoising is off.
-        dn_meta: layout of the denoising queries, see
-            :func:`unihema.model.denoising.build_denoising_queries`; ``None`` when off.
+        dn_meta: layout of the denoising queries; ``None`` when off.
     """
 
     hidden_states: Tensor
@@ -159,7 +159,7 @@ class DecoderOutput:
     dn_logits: Tensor | None = None
     dn_boxes: Tensor | None = None
     dn_hidden_states: Tensor | None = None
-    dn_meta: dict | None = None
+    dn_meta: DenoisingMeta | None = None
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -359,7 +359,7 @@ class ImageDecoder(nn.Module):
         attn_mask = None
         pad_size = 0
         if denoising is not None:
-            pad_size = denoising.meta["pad_size"]
+            pad_size = denoising.meta.pad_size
             content = torch.cat((denoising.content.to(content.dtype), content), dim=1)
             anchors = torch.cat((denoising.anchors.to(anchors.dtype), anchors), dim=1)
             attn_mask = denoising.attn_mask

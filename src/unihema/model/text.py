@@ -32,7 +32,7 @@ from transformers import (
     T5Config,
     T5ForConditionalGeneration,
 )
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.modeling_outputs import BaseModelOutput
 
 from unihema.data.vocab import CELL_ATTRIBUTES, CELL_CLASSES, DETECTION_CLASSES, FOV_ATTRIBUTES
 from unihema.model.configuration import ConfigError, TextConfig
@@ -40,6 +40,7 @@ from unihema.model.configuration import ConfigError, TextConfig
 PAD_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, UNK_TOKEN)  # ids 0, 1, 2 as in T5
 IGNORE_INDEX = -100  # label value ignored by the cross-entropy (padding of target texts)
+MAX_NEW_TOKENS = 64  # longest generated answer: the text length of the authors' model
 METASPACE = "\u2581"  # the word-start marker of SentencePiece/T5 pieces
 SENTINEL_PATTERN = re.compile(r"<extra_id_\d+>")
 # Attribute combinations sampled per cell class for the tokenizer corpus, and their seed.
@@ -326,19 +327,19 @@ class TextModel(nn.Module):
         """E_T: ``(B, L)`` ids -> text states E_E^T ``(B, L, N)``."""
         return self.t5.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    def teacher_forced(self, memory: Tensor, memory_mask: Tensor, labels: Tensor) -> Seq2SeqLMOutput:
-        """D_T with teacher forcing on ``memory`` ``(B, L, N)``; returns logits ``(B, T, V)`` and the
-        mean token cross-entropy over non-ignored labels as ``loss``."""
+    def teacher_forced(self, memory: Tensor, memory_mask: Tensor, labels: Tensor) -> Tensor:
+        """D_T with teacher forcing on ``memory`` ``(B, L, N)``: token logits ``(B, T, V)`` for ``labels``
+        ``(B, T)``. The loss is the criterion's (:mod:`unihema.train.losses`), not computed here."""
         return self.t5(
             encoder_outputs=BaseModelOutput(last_hidden_state=memory),
             attention_mask=memory_mask,
-            labels=labels,
+            decoder_input_ids=self.t5.prepare_decoder_input_ids_from_labels(labels=labels),
             return_dict=True,
-        )
+        ).logits
 
     @torch.no_grad()
     def generate(
-        self, memory: Tensor, memory_mask: Tensor, num_beams: int = 1, max_new_tokens: int = 32
+        self, memory: Tensor, memory_mask: Tensor, num_beams: int = 1, max_new_tokens: int = MAX_NEW_TOKENS
     ) -> Tensor:
         """Greedy (``num_beams=1``) or beam search from ``memory``; returns generated ids ``(B, T)``."""
         return self.t5.generate(

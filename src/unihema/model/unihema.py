@@ -4,6 +4,7 @@ the Hema-Former modules (CMF, TGVR, SCFE, QGMF) and the task heads. Each task ru
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -23,7 +24,20 @@ from unihema.model.hemaformer import (
 )
 from unihema.model.image_decoder import ImageDecoder
 from unihema.model.image_encoder import ImageEncoder
-from unihema.model.text import TextModel
+from unihema.model.outputs import (
+    BoxOutput,
+    CellOutput,
+    DenoisingOutput,
+    DetectionOutput,
+    ModelOutput,
+    SegmentationOutput,
+    TextOutput,
+    VisionOutput,
+)
+from unihema.model.text import MAX_NEW_TOKENS, TextModel
+
+VISION_TASKS = (Task.DETECTION, Task.FOV_MORPHOLOGY, Task.SEGMENTATION)
+"""Tasks on fields of view that :meth:`UniHema.forward_fields` serves in one shared pass."""
 
 
 class UniHema(nn.Module):
@@ -103,7 +117,7 @@ class UniHema(nn.Module):
         prompts: list[str] | None = None,
         targets: list[dict] | None = None,
         image_mask: Tensor | None = None,
-    ) -> dict[str, Any]:
+    ) -> ModelOutput:
         """Run one task-homogeneous batch (the caller groups mixed tasks; see ``docs/architecture.md``).
 
         Args:
@@ -115,37 +129,46 @@ class UniHema(nn.Module):
                 queries (in training mode); vqa/mlm ``text`` answers are used for teacher forcing.
             image_mask: (B, H, W) bool, True on padding; ``None`` = no padding.
 
-        Returns (Q matching queries, L decoder layers, C = ``heads.num_detection_classes``, Qdn
-        denoising queries, K = Q encoder proposals, A = 12 FoV attribute logits, A' = 31 cell-attribute
-        logits, T target tokens, V text vocabulary, N text width, Lp prompt tokens):
-
-        - detection / fov_morphology: ``pred_logits`` (B, Q, C) sigmoid-focal class logits; ``pred_boxes``
-          (B, Q, 4) sigmoid cxcywh normalised to the unpadded image (as the targets); ``aux_outputs``: list of L-1 dicts with
-          the same keys for the earlier layers; ``enc_outputs``: dict ``pred_logits`` (B, K, C),
-          ``pred_boxes`` (B, K, 4) of the selected encoder proposals; in training with targets (and
-          denoising enabled) ``dn_outputs``: dict ``pred_logits`` (B, Qdn, C), ``pred_boxes`` (B, Qdn, 4),
-          ``aux_outputs`` (L-1 dicts) and ``dn_meta`` (layout of the denoising queries). fov_morphology
-          adds ``pred_box_attributes`` (B, Q, A) to the final, aux and dn dicts (slices per attribute:
-          ``model.box_attribute_head.slices``).
-        - segmentation: ``pred_masks`` (B, 1, H, W) mask logits at the input size (or the configured fixed
-          size); ``pred_masks_lowres`` (B, 1, H/8, W/8) the query mask before upsampling.
-        - classification / cell_morphology: ``cell_features`` (B, M) the SCFE vector; ``pred_cell_logits``
-          (B, len(CELL_CLASSES)); ``pred_cell_attributes`` (B, A') (``model.cell_attribute_head.slices``).
-        - vqa / mlm: ``text_memory`` (B, Lp, N) the fused CMF states, ``text_memory_mask`` (B, Lp); with
-          targets also ``text_logits`` (B, T, V), ``text_labels`` (B, T) (-100 on padding) and
-          ``loss_text`` () the mean token cross-entropy.
+        Returns (fields and shapes in :mod:`unihema.model.outputs`):
+            detection / fov_morphology: :class:`DetectionOutput` (FoV morphology fills ``attributes``;
+            ``denoising`` in training with targets); segmentation: :class:`SegmentationOutput`;
+            classification / cell_morphology: :class:`CellOutput`; vqa / mlm: :class:`TextOutput`
+            (``logits`` and ``labels`` with targets).
         """
         task = Task(task)
-        if image_mask is None:
-            image_mask = torch.zeros(
-                images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device
-            )
+        image_mask = self._image_mask(images, image_mask)
         if task in (Task.CLASSIFICATION, Task.CELL_MORPHOLOGY):
             return self._forward_cell(images, image_mask)
         prompts = self._check_prompts(task, prompts, images.shape[0])
         if task.is_text:
             return self._forward_text(images, image_mask, prompts, targets)
-        return self._forward_visual(task, images, image_mask, prompts, targets)
+        vision = self._forward_vision(images, image_mask, prompts, {task}, targets)
+        return vision.segmentation if task == Task.SEGMENTATION else vision.detection
+
+    def forward_fields(
+        self,
+        images: Tensor,
+        prompts: list[str],
+        tasks: Iterable[Task | str] = (Task.DETECTION, Task.FOV_MORPHOLOGY, Task.SEGMENTATION),
+        image_mask: Tensor | None = None,
+    ) -> VisionOutput:
+        """Every requested vision task of fields of view in one shared pass: the backbone, input projection,
+        E_I, E_T and the decoder run once, then the FoV attribute head and QGMF read the same decoder
+        states. ``tasks``: any of detection, fov_morphology, segmentation. Inference only (no denoising)."""
+        tasks = {Task(t) for t in tasks}
+        unknown = tasks - set(VISION_TASKS)
+        if unknown or not tasks:
+            raise ValueError(
+                f"forward_fields runs {[t.value for t in VISION_TASKS]}, got {sorted(t.value for t in tasks)}"
+            )
+        prompts = self._check_prompts(Task.DETECTION, prompts, images.shape[0])
+        return self._forward_vision(images, self._image_mask(images, image_mask), prompts, tasks, None)
+
+    @staticmethod
+    def _image_mask(images: Tensor, image_mask: Tensor | None) -> Tensor:
+        if image_mask is not None:
+            return image_mask
+        return torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device)
 
     def _features(
         self, images: Tensor, image_mask: Tensor
@@ -171,26 +194,33 @@ class UniHema(nn.Module):
             tokens, padding = projected[0].flatten(2).transpose(1, 2), masks[0].flatten(1)
         return self.scfe(encoded.memory, encoded.padding_mask, tokens, padding)
 
-    def _forward_cell(self, images: Tensor, image_mask: Tensor) -> dict[str, Any]:
+    def _forward_cell(self, images: Tensor, image_mask: Tensor) -> CellOutput:
         features = self._cell_feature(*self._features(images, image_mask))
-        return {
-            "cell_features": features,
-            "pred_cell_logits": self.cell_class_head(features),
-            "pred_cell_attributes": self.cell_attribute_head(features),
-        }
+        return CellOutput(
+            features=features,
+            class_logits=self.cell_class_head(features),
+            attribute_logits=self.cell_attribute_head(features),
+        )
 
-    def _forward_visual(
-        self, task: Task, images: Tensor, image_mask: Tensor, prompts: list[str], targets: list[dict] | None
-    ) -> dict[str, Any]:
+    def _forward_vision(
+        self,
+        images: Tensor,
+        image_mask: Tensor,
+        prompts: list[str],
+        tasks: set[Task],
+        targets: list[dict] | None,
+    ) -> VisionOutput:
         features, projected, masks = self._features(images, image_mask)
         text_states, text_mask = self._encode_text(prompts, images.device)
         encoded = self._encode(projected, masks)
         refiner = self.tgvr.refiner(
             text_states, text_mask if self.config.hemaformer.text_padding_masks else None
         )
-        dn_targets = targets if (self.training and task.has_boxes) else None
+        boxed = tasks & {Task.DETECTION, Task.FOV_MORPHOLOGY}
+        dn_targets = targets if (self.training and boxed) else None
         decoded = self.image_decoder(encoded, refiner, dn_targets)
-        if task == Task.SEGMENTATION:
+        result = VisionOutput()
+        if Task.SEGMENTATION in tasks:
             size = self.config.hemaformer.qgmf_mask_size
             size = tuple(images.shape[-2:]) if size == "input" else (size, size)
             # The paper-style QGMF reads the raw backbone C3, the authors' style its input projection.
@@ -198,16 +228,24 @@ class UniHema(nn.Module):
             masks_full, masks_low = self.qgmf(
                 c3, encoded.level_map(0), decoded.hidden_states[-1], decoded.pred_logits[-1], size
             )
-            return {"pred_masks": masks_full, "pred_masks_lowres": masks_low}
-        attributes = self.box_attribute_head if task == Task.FOV_MORPHOLOGY else None
-        out = _layer_outputs(decoded.pred_logits, decoded.pred_boxes, decoded.hidden_states, attributes)
-        out["enc_outputs"] = {"pred_logits": decoded.enc_logits, "pred_boxes": decoded.enc_boxes}
-        if decoded.dn_meta is not None:
-            out["dn_outputs"] = _layer_outputs(
-                decoded.dn_logits, decoded.dn_boxes, decoded.dn_hidden_states, attributes
-            )
-            out["dn_meta"] = decoded.dn_meta
-        return out
+            result.segmentation = SegmentationOutput(masks=masks_full, masks_lowres=masks_low)
+        if boxed:
+            head = self.box_attribute_head if Task.FOV_MORPHOLOGY in tasks else None
+            final, aux = _layer_outputs(decoded.pred_logits, decoded.pred_boxes, decoded.hidden_states, head)
+            denoising = None
+            if decoded.dn_meta is not None:
+                dn_final, dn_aux = _layer_outputs(
+                    decoded.dn_logits, decoded.dn_boxes, decoded.dn_hidden_states, head
+                )
+                denoising = DenoisingOutput(
+                    dn_final.logits, dn_final.boxes, dn_final.attributes, aux=dn_aux, meta=decoded.dn_meta
+                )
+            result.detection = DetectionOutput(
+                final.logits, final.boxes, final.attributes, aux=aux,
+                encoder=BoxOutput(decoded.enc_logits, decoded.enc_boxes), denoising=denoising,
+                hidden_states=decoded.hidden_states[-1],
+            )  # fmt: skip
+        return result
 
     def _fuse_text(self, images: Tensor, image_mask: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
         """B -> input projection -> E_B^I; E_T(prompts); CMF -> (E_W^T (B, Lp, N), text mask (B, Lp))."""
@@ -229,15 +267,14 @@ class UniHema(nn.Module):
 
     def _forward_text(
         self, images: Tensor, image_mask: Tensor, prompts: list[str], targets: list[dict] | None
-    ) -> dict[str, Any]:
+    ) -> TextOutput:
         fused, text_mask = self._fuse_text(images, image_mask, prompts)
-        out: dict[str, Any] = {"text_memory": fused, "text_memory_mask": text_mask}
+        out = TextOutput(memory=fused, memory_mask=text_mask)
         if targets is not None:
             if len(targets) != len(prompts) or not all(isinstance(t.get("text"), str) for t in targets):
                 raise ValueError("vqa/mlm targets must be one dict per image with a 'text' string")
-            labels = self.text.tokenize_targets([t["text"] for t in targets], images.device)
-            result = self.text.teacher_forced(fused, text_mask, labels)
-            out.update(text_logits=result.logits, text_labels=labels, loss_text=result.loss)
+            out.labels = self.text.tokenize_targets([t["text"] for t in targets], images.device)
+            out.logits = self.text.teacher_forced(fused, text_mask, out.labels)
         return out
 
     @torch.no_grad()
@@ -247,17 +284,43 @@ class UniHema(nn.Module):
         prompts: list[str],
         image_mask: Tensor | None = None,
         num_beams: int = 1,
-        max_new_tokens: int = 32,
+        max_new_tokens: int = MAX_NEW_TOKENS,
     ) -> list[str]:
         """Answer ``prompts`` about ``images`` by greedy (``num_beams=1``) or beam search. The T5 decoder
         reads the fused image-and-text CMF states, so the image changes the answer."""
         prompts = self._check_prompts(Task.VQA, prompts, images.shape[0])
-        if image_mask is None:
-            image_mask = torch.zeros(
-                images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device
-            )
-        fused, text_mask = self._fuse_text(images, image_mask, prompts)
+        fused, text_mask = self._fuse_text(images, self._image_mask(images, image_mask), prompts)
         return self.text.decode(self.text.generate(fused, text_mask, num_beams, max_new_tokens))
+
+    def predict(
+        self,
+        images: Any,
+        tasks: Iterable[Task | str] | Task | str | None = None,
+        question: str | None = None,
+        disease: str | None = None,
+        score_threshold: float = 0.3,
+        device: torch.device | str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Analyse user images: a path, PIL image or numpy array gives one
+        :class:`~unihema.inference.results.Prediction`; a list or generator of them gives a list.
+
+        ``tasks`` default to detection, FoV morphology and segmentation in one shared pass; further
+        options (``sentence``, ``max_detections``, ``mask_threshold``, ``tiling`` ...) are those of
+        :meth:`unihema.inference.predictor.Predictor.predict_iter`.
+        """
+        from unihema.inference.predictor import Predictor, is_single_image
+
+        predictor = Predictor(self, device=device)
+        results = predictor.predict(
+            images,
+            tasks=tasks,
+            question=question,
+            disease=disease,
+            score_threshold=score_threshold,
+            **options,
+        )
+        return results[0] if is_single_image(images) else results
 
     @staticmethod
     def _check_prompts(task: Task, prompts: list[str] | None, batch: int) -> list[str]:
@@ -284,14 +347,11 @@ class UniHema(nn.Module):
 
 def _layer_outputs(
     logits: Tensor, boxes: Tensor, hidden: Tensor, attribute_head: AttributeHead | None
-) -> dict[str, Any]:
-    """Per-layer decoder outputs (L, B, Q, ...) -> final-layer dict with ``aux_outputs`` for the others."""
+) -> tuple[BoxOutput, list[BoxOutput]]:
+    """Per-layer decoder outputs (L, B, Q, ...) -> the final layer and the L-1 earlier ones."""
     attributes = attribute_head(hidden) if attribute_head is not None else None
-
-    def layer(i: int) -> dict[str, Tensor]:
-        out = {"pred_logits": logits[i], "pred_boxes": boxes[i]}
-        if attributes is not None:
-            out["pred_box_attributes"] = attributes[i]
-        return out
-
-    return {**layer(-1), "aux_outputs": [layer(i) for i in range(logits.shape[0] - 1)]}
+    layers = [
+        BoxOutput(logits[i], boxes[i], None if attributes is None else attributes[i])
+        for i in range(logits.shape[0])
+    ]
+    return layers[-1], layers[:-1]

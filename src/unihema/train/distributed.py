@@ -16,6 +16,7 @@ gradient.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 from collections.abc import Iterator
@@ -132,14 +133,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(tensor) / world_size()
 
 
-def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    if not is_distributed():
-        return tensor
-    out = tensor.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out
-
-
 def per_rank_normaliser(local_count: torch.Tensor) -> torch.Tensor:
     """Normaliser making a per-rank ``sum / normaliser`` loss average (through DDP) to the global mean.
 
@@ -156,15 +149,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """``obj`` from rank ``src`` on every rank."""
-    if not is_distributed():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]
-
-
 def wrap_model(model: nn.Module, context: DistributedContext) -> nn.Module:
     """Wrap ``model`` in DDP for the current set of trainable parameters (call again after each freeze).
 
@@ -174,10 +158,6 @@ def wrap_model(model: nn.Module, context: DistributedContext) -> nn.Module:
         return model
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def sync_context(model: nn.Module, synchronise: bool) -> contextlib.AbstractContextManager:
@@ -196,6 +176,9 @@ def _iter_tensors(value: Any) -> Iterator[torch.Tensor]:
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from _iter_tensors(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):  # the typed model outputs
+        for item in dataclasses.fields(value):
+            yield from _iter_tensors(getattr(value, item.name))
 
 
 def touch_outputs(loss: torch.Tensor, outputs: Any) -> torch.Tensor:

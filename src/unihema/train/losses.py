@@ -1,4 +1,5 @@
-"""Training losses for every task, consuming the model's output dict and the per-sample target dicts.
+"""Training losses for every task, consuming the model's typed outputs (:mod:`unihema.model.outputs`) and
+the per-sample target dicts.
 
 :class:`UniHemaCriterion` picks the loss family from the batch's task (batches are task-homogeneous):
 
@@ -6,13 +7,13 @@
   on the encoder proposals, then sigmoid focal class loss restricted to the classes the sample's dataset
   annotates (``class_mask``: a class a dataset never labels is neither positive nor background there), L1
   and GIoU box losses, and the per-box attribute loss (CE per attribute group or the asymmetric loss, the
-  UNKNOWN entries ignored). Denoising queries (``dn_outputs``/``dn_meta``) get the same losses without
+  UNKNOWN entries ignored). Denoising queries (``DetectionOutput.denoising``) get the same losses without
   matching: their targets are known by construction. Box losses are normalised by the number of target
   boxes, summed over ranks under DDP.
 - segmentation: dice + sigmoid focal loss, per image at the unpadded input size, averaged over images.
 - classification / cell_morphology: CE of the single-cell class and CE per WBCAtt attribute (UNKNOWN
   ignored), whichever targets the sample carries.
-- vqa / mlm: token CE on ``text_logits``/``text_labels`` (-100 ignored), normalised by the number of
+- vqa / mlm: token CE on ``TextOutput.logits``/``labels`` (-100 ignored), normalised by the number of
   supervised tokens.
 
 The returned dict holds ``"loss"`` (the weighted total to back-propagate) and every weighted term under its
@@ -32,6 +33,15 @@ from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 from unihema.data.schema import UNKNOWN, Task
 from unihema.data.vocab import CELL_ATTRIBUTES, FOV_ATTRIBUTES
 from unihema.model import heads
+from unihema.model.outputs import (
+    BoxOutput,
+    CellOutput,
+    DenoisingMeta,
+    DetectionOutput,
+    ModelOutput,
+    SegmentationOutput,
+    TextOutput,
+)
 from unihema.train.distributed import per_rank_normaliser
 from unihema.train.matcher import HungarianMatcher, MatcherConfig
 
@@ -177,7 +187,7 @@ class UniHemaCriterion(nn.Module):
 
     def forward(
         self,
-        outputs: dict,
+        outputs: ModelOutput,
         targets: Sequence[dict],
         task: Task | str,
         padded_size: tuple[int, int] | None = None,
@@ -185,16 +195,19 @@ class UniHemaCriterion(nn.Module):
         """Weighted losses of one task-homogeneous batch.
 
         Args:
-            outputs: the model's forward dict for this batch (training mode).
+            outputs: the model's forward output for this batch (training mode).
             targets: one target dict per image (see ``docs/architecture.md``).
             task: the batch's task.
-            padded_size: ``(H, W)`` of the padded input batch; segmentation uses it to map ``pred_masks``
+            padded_size: ``(H, W)`` of the padded input batch; segmentation uses it to map the masks
                 back to each image's unpadded area (defaults to the largest target mask).
 
         Returns:
             ``{"loss": total, <term>: weighted term, ...}``.
         """
         task = Task(task)
+        expected = _OUTPUT_TYPES[task]
+        if not isinstance(outputs, expected):
+            raise TypeError(f"a {task.value} batch needs a {expected.__name__}, got {type(outputs).__name__}")
         if task.has_boxes:
             losses = self._detection(outputs, targets)
         elif task is Task.SEGMENTATION:
@@ -207,9 +220,9 @@ class UniHemaCriterion(nn.Module):
         return {"loss": total, **losses}
 
     # ---------------------------------------------------------------- detection
-    def _detection(self, outputs: dict, targets: Sequence[dict]) -> dict[str, torch.Tensor]:
+    def _detection(self, outputs: DetectionOutput, targets: Sequence[dict]) -> dict[str, torch.Tensor]:
         cfg = self.config
-        reference = outputs["pred_logits"]
+        reference = outputs.logits
         device = reference.device
         targets = [_detection_target(t, reference.shape[-1], i) for i, t in enumerate(targets)]
         num_boxes = per_rank_normaliser(
@@ -217,24 +230,22 @@ class UniHemaCriterion(nn.Module):
         )
 
         losses: dict[str, torch.Tensor] = {}
-        layers = [("", outputs, 1.0, True)]
+        layers: list[tuple[str, BoxOutput, float, bool]] = [("", outputs, 1.0, True)]
         if cfg.aux_loss:
-            layers += [(f"_aux{i}", aux, 1.0, True) for i, aux in enumerate(outputs.get("aux_outputs") or [])]
-        if outputs.get("enc_outputs") is not None and cfg.encoder_loss_weight > 0:
-            layers.append(("_enc", outputs["enc_outputs"], cfg.encoder_loss_weight, False))
+            layers += [(f"_aux{i}", aux, 1.0, True) for i, aux in enumerate(outputs.aux)]
+        if outputs.encoder is not None and cfg.encoder_loss_weight > 0:
+            layers.append(("_enc", outputs.encoder, cfg.encoder_loss_weight, False))
         for suffix, layer, scale, with_attributes in layers:
-            indices = self.matcher(layer["pred_logits"], layer["pred_boxes"], targets)
+            indices = self.matcher(layer.logits, layer.boxes, targets)
             terms = self._set_losses(layer, targets, indices, num_boxes, with_attributes)
             losses.update({f"{name}{suffix}": scale * value for name, value in terms.items()})
 
-        dn_outputs, dn_meta = outputs.get("dn_outputs"), outputs.get("dn_meta")
-        if dn_outputs is not None and dn_meta is not None and cfg.dn_loss_weight > 0:
-            indices, groups, supervised = _dn_indices(dn_meta, targets, dn_outputs["pred_logits"].shape[1])
-            dn_layers = [("_dn", dn_outputs)]
+        denoising = outputs.denoising
+        if denoising is not None and denoising.meta is not None and cfg.dn_loss_weight > 0:
+            indices, groups, supervised = _dn_indices(denoising.meta, targets, denoising.logits.shape[1])
+            dn_layers: list[tuple[str, BoxOutput]] = [("_dn", denoising)]
             if cfg.aux_loss:
-                dn_layers += [
-                    (f"_dn_aux{i}", aux) for i, aux in enumerate(dn_outputs.get("aux_outputs") or [])
-                ]
+                dn_layers += [(f"_dn_aux{i}", aux) for i, aux in enumerate(denoising.aux)]
             for suffix, layer in dn_layers:
                 terms = self._set_losses(layer, targets, indices, num_boxes * groups, True, supervised)
                 losses.update(
@@ -244,7 +255,7 @@ class UniHemaCriterion(nn.Module):
 
     def _set_losses(
         self,
-        layer: dict,
+        layer: BoxOutput,
         targets: Sequence[dict],
         indices: Sequence[tuple[torch.Tensor, torch.Tensor]],
         num_boxes: torch.Tensor,
@@ -257,7 +268,7 @@ class UniHemaCriterion(nn.Module):
         negatives, not the unused padding slots); all queries by default.
         """
         cfg = self.config
-        logits = layer["pred_logits"].float()
+        logits = layer.logits.float()
         device = logits.device
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
         query_idx = torch.cat([src for src, _ in indices]).to(device)
@@ -278,7 +289,7 @@ class UniHemaCriterion(nn.Module):
             weight = weight * supervised.to(device=device, dtype=logits.dtype)[:, :, None]
         loss_class = (focal * weight).sum() / num_boxes
 
-        pred_boxes = layer["pred_boxes"].float()[batch_idx, query_idx]
+        pred_boxes = layer.boxes.float()[batch_idx, query_idx]
         target_boxes = torch.cat(
             [t["boxes"][tgt.to(t["boxes"].device)] for t, (_, tgt) in zip(targets, indices)]
         )
@@ -298,7 +309,7 @@ class UniHemaCriterion(nn.Module):
             "loss_bbox": cfg.bbox_weight * loss_bbox,
             "loss_giou": cfg.giou_weight * loss_giou,
         }
-        attributes = layer.get("pred_box_attributes")
+        attributes = layer.attributes
         if with_attributes and attributes is not None:
             matched = attributes.float()[batch_idx, query_idx]
             target_attrs = torch.cat(
@@ -316,13 +327,13 @@ class UniHemaCriterion(nn.Module):
 
     # ---------------------------------------------------------------- segmentation
     def _segmentation(
-        self, outputs: dict, targets: Sequence[dict], padded_size: tuple[int, int] | None
+        self, outputs: SegmentationOutput, targets: Sequence[dict], padded_size: tuple[int, int] | None
     ) -> dict[str, torch.Tensor]:
         cfg = self.config
-        pred = outputs["pred_masks"]
+        pred = outputs.masks
         if pred.dim() != 4 or pred.shape[1] != 1 or pred.shape[0] != len(targets):
             raise ValueError(
-                f"pred_masks must be (B, 1, H, W) for {len(targets)} targets, got {tuple(pred.shape)}"
+                f"SegmentationOutput.masks must be (B, 1, H, W) for {len(targets)} targets, got {tuple(pred.shape)}"
             )
         masks = []
         for i, target in enumerate(targets):
@@ -355,12 +366,11 @@ class UniHemaCriterion(nn.Module):
         }
 
     # ---------------------------------------------------------------- single cell
-    def _cell(self, outputs: dict, targets: Sequence[dict], task: Task) -> dict[str, torch.Tensor]:
+    def _cell(self, outputs: CellOutput, targets: Sequence[dict], task: Task) -> dict[str, torch.Tensor]:
         cfg = self.config
         losses: dict[str, torch.Tensor] = {}
-        has_class = [("cell_class" in t) for t in targets]
-        if any(has_class) and "pred_cell_logits" in outputs:
-            logits = outputs["pred_cell_logits"].float()
+        if any("cell_class" in t for t in targets):
+            logits = outputs.class_logits.float()
             labels = torch.stack(
                 [
                     torch.as_tensor(t.get("cell_class", UNKNOWN), dtype=torch.int64).reshape(())
@@ -370,8 +380,8 @@ class UniHemaCriterion(nn.Module):
             count = per_rank_normaliser((labels != UNKNOWN).sum())
             summed = F.cross_entropy(logits, labels, ignore_index=UNKNOWN, reduction="sum")
             losses["loss_cell_class"] = cfg.cell_class_weight * summed / count
-        if any("cell_attributes" in t for t in targets) and "pred_cell_attributes" in outputs:
-            logits = outputs["pred_cell_attributes"].float()
+        if any("cell_attributes" in t for t in targets):
+            logits = outputs.attribute_logits.float()
             attrs = torch.stack(
                 [
                     torch.as_tensor(t["cell_attributes"], dtype=torch.int64)
@@ -387,23 +397,18 @@ class UniHemaCriterion(nn.Module):
                 total = total + ce / counts[a]
             losses["loss_cell_attributes"] = cfg.cell_attribute_weight * total
         if not losses:
-            raise ValueError(
-                f"{task.value} batch: no supervised output (need pred_cell_logits + cell_class or "
-                "pred_cell_attributes + cell_attributes)"
-            )
+            raise ValueError(f"{task.value} batch: no target carries cell_class or cell_attributes")
         return losses
 
     # ---------------------------------------------------------------- text
-    def _text(self, outputs: dict) -> dict[str, torch.Tensor]:
-        if "text_logits" not in outputs or "text_labels" not in outputs:
-            raise ValueError(
-                "text batch: the model output lacks text_logits/text_labels (were targets passed?)"
-            )
-        logits = outputs["text_logits"].float()
-        labels = outputs["text_labels"].to(logits.device)
+    def _text(self, outputs: TextOutput) -> dict[str, torch.Tensor]:
+        if outputs.logits is None or outputs.labels is None:
+            raise ValueError("text batch: the model output has no logits/labels (were targets passed?)")
+        logits = outputs.logits.float()
+        labels = outputs.labels.to(logits.device)
         if logits.shape[:2] != labels.shape:
             raise ValueError(
-                f"text_logits {tuple(logits.shape)} and text_labels {tuple(labels.shape)} disagree"
+                f"TextOutput.logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree"
             )
         count = per_rank_normaliser((labels != TEXT_IGNORE_INDEX).sum())
         summed = F.cross_entropy(
@@ -439,29 +444,28 @@ def _detection_target(target: dict, num_classes: int, index: int) -> dict[str, t
 
 
 def _dn_indices(
-    dn_meta: dict, targets: Sequence[dict], num_dn_queries: int
+    meta: DenoisingMeta, targets: Sequence[dict], num_dn_queries: int
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int, torch.Tensor | None]:
     """Known query/target pairs of the denoising queries, the number of groups and the supervised queries.
 
-    ``dn_meta`` comes from :func:`unihema.model.denoising.build_denoising_queries`: ``positive_matches``
+    ``meta`` comes from :func:`unihema.model.denoising.build_denoising_queries`: ``positive_matches``
     (per image, DN query and target indices) and ``negative_indices`` (per image, DN queries that must
-    predict no object). Without those lists the DINO layout is assumed from ``pad_size`` and ``num_groups``
-    (or DINO's ``num_dn_group``): positive ``g * group_size + j`` reconstructs target ``j``, the second half of
-    each group is negative. Returns ``supervised`` ``(B, num_dn_queries)`` bool (positives and negatives), or
-    ``None`` when every DN query is supervised.
+    predict no object). Without those lists the DINO layout is assumed from ``pad_size`` and ``num_groups``:
+    positive ``g * group_size + j`` reconstructs target ``j``, the second half of each group is negative.
+    Returns ``supervised`` ``(B, num_dn_queries)`` bool (positives and negatives), or ``None`` when every DN
+    query is supervised.
     """
-    groups = int(dn_meta.get("num_groups", dn_meta.get("num_dn_group", 0)))
-    pad_size = int(dn_meta.get("pad_size", 0))
+    groups, pad_size = int(meta.num_groups), int(meta.pad_size)
     if groups <= 0 or pad_size <= 0 or pad_size % groups or pad_size > num_dn_queries:
         raise ValueError(
             f"dn_meta (pad_size {pad_size}, groups {groups}) is inconsistent with {num_dn_queries} denoising queries"
         )
-    if len(targets) != len(dn_meta.get("positive_matches", targets)):
-        raise ValueError(
-            f"dn_meta has matches for {len(dn_meta['positive_matches'])} images, the batch has {len(targets)}"
-        )
-    if "positive_matches" in dn_meta:
-        indices = [(src.cpu().long(), tgt.cpu().long()) for src, tgt in dn_meta["positive_matches"]]
+    if meta.positive_matches is not None:
+        if len(targets) != len(meta.positive_matches):
+            raise ValueError(
+                f"dn_meta has matches for {len(meta.positive_matches)} images, the batch has {len(targets)}"
+            )
+        indices = [(src.cpu().long(), tgt.cpu().long()) for src, tgt in meta.positive_matches]
         for i, ((src, tgt), target) in enumerate(zip(indices, targets)):
             if len(src) != len(tgt) or (len(tgt) and int(tgt.max()) >= len(target["labels"])):
                 raise ValueError(
@@ -472,9 +476,9 @@ def _dn_indices(
                     f"dn_meta positive_matches of image {i} point past the {num_dn_queries} DN queries"
                 )
         supervised = None
-        if "negative_indices" in dn_meta:
+        if meta.negative_indices is not None:
             supervised = torch.zeros(len(targets), num_dn_queries, dtype=torch.bool)
-            for i, ((src, _), negatives) in enumerate(zip(indices, dn_meta["negative_indices"])):
+            for i, ((src, _), negatives) in enumerate(zip(indices, meta.negative_indices)):
                 supervised[i, src] = True
                 supervised[i, negatives.cpu().long()] = True
         return indices, groups, supervised
@@ -490,3 +494,14 @@ def _dn_indices(
         src = (torch.arange(groups, dtype=torch.int64)[:, None] * group_size + arange[None, :]).reshape(-1)
         indices.append((src, arange.repeat(groups)))
     return indices, groups, None
+
+
+_OUTPUT_TYPES: dict[Task, type] = {
+    Task.DETECTION: DetectionOutput,
+    Task.FOV_MORPHOLOGY: DetectionOutput,
+    Task.SEGMENTATION: SegmentationOutput,
+    Task.CLASSIFICATION: CellOutput,
+    Task.CELL_MORPHOLOGY: CellOutput,
+    Task.VQA: TextOutput,
+    Task.MLM: TextOutput,
+}

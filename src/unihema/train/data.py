@@ -1,0 +1,220 @@
+"""The data side of a training run: the samples of every stage, their loaders and the run's pre-processing.
+
+:class:`CorpusCache` reads each dataset of a run once (the built-in synthetic corpus and/or real datasets of
+the catalog), :func:`stage_samples` gathers a stage's training samples per task and
+:func:`build_stage_loader` batches them with :class:`unihema.data.sampler.MultiTaskBatchSampler` (each rank
+gets its own share) and collects the detection classes each (dataset, task) annotates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unihema.data.schema import SYNTHETIC_DATASET, Sample, Task
+from unihema.data.vocab import DETECTION_CLASSES, detection_index
+from unihema.train.distributed import DistributedContext
+from unihema.train.stages import StageConfig, TrainConfig
+
+DATASETS_ENV = "UNIHEMA_DATASETS"
+# Seed offsets so that the per-rank augmentation streams and the loader generators differ from each other
+# and from the model initialisation.
+RANK_SEED_STRIDE = 1_000
+LOADER_SEED_OFFSET = 7_919
+
+logger = logging.getLogger(__name__)
+
+
+def datasets_root(configured: str | None) -> Path:
+    """The folder of the real datasets: ``data.root``, else ``$UNIHEMA_DATASETS``, else ``../shared/datasets``."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get(DATASETS_ENV):
+        return Path(os.environ[DATASETS_ENV]).expanduser()
+    return Path.cwd().parent / "shared" / "datasets"
+
+
+class CorpusCache:
+    """Samples per (dataset, task, split) and the detection classes each (dataset, task) annotates.
+
+    Real datasets are read once (through the catalog's reader and options), given splits
+    (:func:`unihema.data.splits.assign_splits`) and cleaned of training images that duplicate an evaluation
+    image of any real dataset the run uses (:func:`unihema.data.splits.resolve_cross_dataset_leaks`).
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self._synthetic: Any = None
+        self._real: dict[str, list[Sample]] | None = None
+        self._annotated: dict[str, tuple[str, ...]] = {}
+
+    def real_dataset_names(self) -> list[str]:
+        names: list[str] = []
+        for stage in self.config.stages:
+            names += [d for d in stage.datasets if d != SYNTHETIC_DATASET and d not in names]
+        return names
+
+    def _synthetic_corpus(self) -> Any:
+        if self._synthetic is None:
+            from unihema.data.synthetic import SyntheticCorpus
+
+            self._synthetic = SyntheticCorpus(self.config.data.synthetic_config())
+        return self._synthetic
+
+    def _load_real(self) -> dict[str, list[Sample]]:
+        if self._real is not None:
+            return self._real
+        from unihema.data.catalog import get_dataset
+        from unihema.data.formats.base import get_reader
+        from unihema.data.splits import SplitConfig, assign_splits, resolve_cross_dataset_leaks
+
+        root = datasets_root(self.config.data.root)
+        split_config = SplitConfig(**self.config.data.splits)
+        real: dict[str, list[Sample]] = {}
+        for name in self.real_dataset_names():
+            entry = get_dataset(name)
+            if entry.kind != "staged" or entry.reader is None:
+                raise ValueError(
+                    f"dataset {name!r} is a catalog entry without a local reader; use the name of a staged "
+                    "dataset folder (run `unihema data list`)"
+                )
+            folder = root / entry.name
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"dataset {name!r}: folder {folder} not found (set data.root or ${DATASETS_ENV})"
+                )
+            options = {**entry.options, **self.config.data.reader_options.get(name, {})}
+            result = get_reader(entry.reader).read(folder, dataset=entry.name, **options)
+            if not result.samples:
+                raise ValueError(f"dataset {name!r}: the {entry.reader} reader found no samples in {folder}")
+            real[name] = assign_splits(result.samples, split_config)
+            self._annotated[name] = tuple(result.annotated_classes)
+            logger.info(
+                "read %s: %d samples (%d skipped, %d fixed)",
+                name,
+                len(result.samples),
+                len(result.skipped),
+                len(result.fixed),
+            )
+        if self.config.data.leak_action != "keep" and real:
+            real, report = resolve_cross_dataset_leaks(real, action=self.config.data.leak_action)
+            logger.info("cross-dataset duplicates: %s", report.summary())
+        self._real = real
+        return real
+
+    def samples(self, dataset: str, task: Task, split: str) -> list[Sample]:
+        if dataset == SYNTHETIC_DATASET:
+            return self._synthetic_corpus().samples(task, split)
+        real = self._load_real()
+        return [s for s in real[dataset] if s.task is task and s.split == split]
+
+    def class_mask(self, dataset: str, task: Task) -> torch.Tensor:
+        """Bool ``(len(DETECTION_CLASSES),)``: the detection classes ``dataset`` annotates for ``task``."""
+        if dataset == SYNTHETIC_DATASET:
+            names: Sequence[str] = self._synthetic_corpus().annotated_classes(task)
+        else:
+            self._load_real()
+            names = self._annotated.get(dataset, ())
+        mask = torch.zeros(len(DETECTION_CLASSES), dtype=torch.bool)
+        for name in names:
+            try:
+                mask[detection_index(name)] = True
+            except KeyError:
+                continue  # a single-cell class name of a mixed dataset
+        if not mask.any():
+            # No list of annotated classes: the classes its boxes use are the best evidence.
+            for sample in self.samples(dataset, task, "train"):
+                mask[torch.as_tensor(sample.box_labels, dtype=torch.long)] = True
+        return mask
+
+
+def stage_samples(cache: CorpusCache, stage: StageConfig) -> dict[Task, list[Sample]]:
+    """The stage's training samples per task (datasets concatenated in configuration order)."""
+    out: dict[Task, list[Sample]] = {}
+    for task, weights in stage.tasks.items():
+        samples: list[Sample] = []
+        for dataset, weight in weights.items():
+            if weight == 0:
+                continue
+            found = cache.samples(dataset, task, stage.split)
+            if not found:
+                raise ValueError(
+                    f"stage {stage.name!r}: dataset {dataset!r} has no {task.value} samples in split {stage.split!r}"
+                )
+            samples += found
+        out[task] = samples
+    return out
+
+
+@dataclass
+class StageData:
+    """What a stage trains on.
+
+    Attributes:
+        loader: the multi-task training loader; its ``batch_sampler`` holds the resumable position.
+        class_masks: bool ``(len(DETECTION_CLASSES),)`` per (dataset, task) with boxes: the classes the
+            dataset annotates (a class it never labels is neither positive nor background there).
+        sizes: number of training samples per task name (for the log).
+    """
+
+    loader: Any
+    class_masks: dict[tuple[str, Task], torch.Tensor]
+    sizes: dict[str, int]
+
+
+def build_stage_loader(
+    config: TrainConfig, corpus: CorpusCache, stage: StageConfig, index: int, context: DistributedContext
+) -> StageData:
+    """The loader of stage number ``index`` (0-based) for this rank, with its class masks and sizes."""
+    from unihema.data.loader import build_multitask_loader
+
+    samples = stage_samples(corpus, stage)
+    k = {task: stage.k_of(task) for task in samples}
+    loader = build_multitask_loader(
+        samples, k, train=True, num_workers=config.data.num_workers, mode=stage.mode,
+        dataset_weights=stage.dataset_weights(), seed=config.seed + index,
+        rank=context.rank, world_size=context.world_size, transform_config=config.data.transform_config(),
+        class_masks=None, pin_memory=context.device.type == "cuda", pad_to_multiple=config.data.pad_to_multiple,
+    )  # fmt: skip
+    # A private generator for the worker base seed keeps the global RNG stream independent of when
+    # the iterator is created (needed for an exact resume).
+    loader.generator = torch.Generator().manual_seed(
+        config.seed + LOADER_SEED_OFFSET + index + RANK_SEED_STRIDE * context.rank
+    )
+    masks = {
+        (dataset, task): corpus.class_mask(dataset, task)
+        for task, weights in stage.tasks.items()
+        if task.has_boxes
+        for dataset in weights
+    }
+    return StageData(loader, masks, {task.value: len(s) for task, s in samples.items()})
+
+
+def preprocessor_of(config: TrainConfig) -> Any:
+    """The :class:`~unihema.inference.preprocessor.PreprocessorConfig` of a run: its transforms, padding
+    and, when a stage trains on the built-in corpus, the synthetic corpus settings."""
+    from unihema.inference.preprocessor import PreprocessorConfig
+
+    uses_synthetic = any(SYNTHETIC_DATASET in stage.datasets for stage in config.stages)
+    return PreprocessorConfig(
+        transforms=config.data.transform_config(),
+        pad_to_multiple=config.data.pad_to_multiple,
+        synthetic=dict(config.data.synthetic) if uses_synthetic else None,
+    )
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor inside (nested dicts and lists) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    return value

@@ -1,0 +1,111 @@
+"""The set-up of one training stage: freezing, loader, DDP wrapper, optimiser and schedule, and their state.
+
+:func:`prepare_stage` builds a :class:`StageRun`; :meth:`StageRun.training_state` is what a checkpoint saves
+of it and :meth:`StageRun.restore` puts such a state back, so a resumed stage continues with the next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from unihema.train import distributed as dist_utils
+from unihema.train.checkpoint import Progress, progress_to_state, set_rng_state
+from unihema.train.data import CorpusCache, StageData, build_stage_loader
+from unihema.train.history import MetricsWindow
+from unihema.train.optim import apply_freezing, build_optimizer, build_scheduler, stage_total_steps
+from unihema.train.stages import StageConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageRun:
+    """What one stage trains with.
+
+    Attributes:
+        stage: the stage's configuration.
+        index: its index in the configuration's stage list.
+        model: the model (what checkpoints save).
+        ddp_model: what the forward runs through: the DDP wrapper of ``model``, or ``model`` itself.
+        data: the stage's loader and class masks.
+        optimizer: the stage's AdamW.
+        scheduler: its learning-rate schedule.
+        total_steps: optimiser steps of the stage.
+        steps_per_epoch: batches of one epoch of the stage's sampler (for this rank).
+        window: running sums since the last ``metrics.csv`` row.
+    """
+
+    stage: StageConfig
+    index: int
+    model: nn.Module
+    ddp_model: nn.Module
+    data: StageData
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    total_steps: int
+    steps_per_epoch: int
+    window: MetricsWindow = field(default_factory=MetricsWindow)
+
+    @property
+    def sampler(self) -> Any:
+        """The resumable batch sampler of the stage's loader."""
+        return self.data.loader.batch_sampler
+
+    def training_state(
+        self, progress: Progress, rngs: list[dict[str, Any]], world_size: int
+    ) -> dict[str, Any]:
+        """The training state of a checkpoint (``rngs``: the RNG states of every rank, in rank order)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(consumed=min(progress.batch_in_epoch, len(self.sampler))),
+            "rng": rngs,
+            "progress": progress_to_state(progress),
+            "world_size": world_size,
+        }
+
+    def restore(self, state: dict[str, Any], progress: Progress, rank: int) -> None:
+        """Continue from a :meth:`training_state` whose progress is ``progress``, on rank ``rank``."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if progress.batch_in_epoch >= self.steps_per_epoch:
+            progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+        else:
+            self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"][rank])
+
+
+def prepare_stage(
+    config: TrainConfig,
+    corpus: CorpusCache,
+    model: nn.Module,
+    index: int,
+    base_trainable: set[str],
+    context: dist_utils.DistributedContext,
+) -> StageRun:
+    """Freeze ``model`` for stage number ``index`` (0-based) and build its loader, DDP wrapper, optimiser
+    and schedule (``base_trainable``: the parameters the model itself leaves trainable)."""
+    stage = config.stages[index]
+    counts = apply_freezing(model, stage, base_trainable)
+    trained = [g for g, n in counts.items() if n > 0]
+    logger.info(
+        "stage %d/%d %s: training %s (%d parameters); frozen: %s",
+        index + 1, len(config.stages), stage.name, ", ".join(trained) or "-", sum(counts.values()),
+        ", ".join(g for g in counts if g not in trained) or "-",
+    )  # fmt: skip
+    data = build_stage_loader(config, corpus, stage, index, context)
+    steps_per_epoch = len(data.loader.batch_sampler)
+    total_steps = stage_total_steps(stage, steps_per_epoch)
+    logger.info(
+        "stage %s: samples per task %s, %d steps per epoch, %d steps",
+        stage.name, data.sizes, steps_per_epoch, total_steps,
+    )  # fmt: skip
+    ddp_model = dist_utils.wrap_model(model, context)
+    optimizer = build_optimizer(model, stage)
+    scheduler = build_scheduler(optimizer, stage, total_steps, steps_per_epoch)
+    return StageRun(stage, index, model, ddp_model, data, optimizer, scheduler, total_steps, steps_per_epoch)

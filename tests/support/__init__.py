@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: data locations, tiny model configurations, training configs."""

@@ -177,5 +177,5 @@ def test_rejects_bad_inputs() -> None:
         )
     with pytest.raises(ValueError, match="2 target dicts for a batch of 1"):
         matcher(torch.zeros(1, 2, 3), torch.full((1, 2, 4), 0.5), [{}, {}])
-    with pytest.raises(ValueError, match="all costs are 0"):
+    with pytest.raises(ValueError, match=r"MatcherConfig.cost_\* must not all be 0"):
         MatcherConfig(cost_class=0, cost_bbox=0, cost_giou=0)

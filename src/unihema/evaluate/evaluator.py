@@ -28,6 +28,7 @@ from unihema.data.vocab import CELL_ATTRIBUTES, FOV_ATTRIBUTES
 from unihema.evaluate import metrics
 from unihema.inference.postprocess import decode_attributes, decode_detections, mask_probabilities
 from unihema.model.text import MAX_NEW_TOKENS
+from unihema.validation import is_int, is_number, require
 
 TASK_METRICS: dict[Task, str] = {
     Task.DETECTION: "mAP50",
@@ -72,11 +73,13 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_detections", "num_beams", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            require(is_int(value) and value >= 1, f"EvalConfig.{name}", "must be an integer >= 1", value)
         for name in ("attribute_score_threshold", "mask_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"EvalConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+            value = getattr(self, name)
+            require(
+                is_number(value) and 0.0 <= value <= 1.0, f"EvalConfig.{name}", "must be in [0, 1]", value
+            )
 
 
 @dataclass

@@ -29,6 +29,7 @@ from unihema.inference import postprocess, tiling
 from unihema.inference.image_processor import ImageInput, ImageProcessor, LoadedImage, load_image
 from unihema.inference.results import Cell, Prediction
 from unihema.model.text import MAX_NEW_TOKENS
+from unihema.validation import is_int, require
 
 DEFAULT_TASKS: tuple[Task, ...] = (Task.DETECTION, Task.FOV_MORPHOLOGY, Task.SEGMENTATION)
 FIELD_TASKS = frozenset(DEFAULT_TASKS)
@@ -60,16 +61,25 @@ class TilingConfig:
     iou_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.mode not in TILING_MODES:
-            raise ValueError(f"TilingConfig.mode must be one of {TILING_MODES}, got {self.mode!r}")
-        if self.tile_size is not None and self.tile_size < 32:
-            raise ValueError(f"TilingConfig.tile_size must be >= 32 pixels, got {self.tile_size}")
-        if self.overlap is not None and self.overlap < 0:
-            raise ValueError(f"TilingConfig.overlap must be >= 0, got {self.overlap}")
-        if self.batch_size < 1:
-            raise ValueError(f"TilingConfig.batch_size must be >= 1, got {self.batch_size}")
-        if not 0.0 < self.iou_threshold <= 1.0:
-            raise ValueError(f"TilingConfig.iou_threshold must be in (0, 1], got {self.iou_threshold}")
+        require(self.mode in TILING_MODES, "TilingConfig.mode", f"must be one of {TILING_MODES}", self.mode)
+        size, overlap = self.tile_size, self.overlap
+        require(
+            size is None or (is_int(size) and size >= 32), "TilingConfig.tile_size", "must be >= 32 px", size
+        )
+        require(
+            overlap is None or (is_int(overlap) and overlap >= 0),
+            "TilingConfig.overlap",
+            "must be >= 0",
+            overlap,
+        )
+        require(is_int(self.batch_size) and self.batch_size >= 1, "TilingConfig.batch_size", "must be >= 1",
+                self.batch_size)  # fmt: skip
+        require(
+            0.0 < self.iou_threshold <= 1.0,
+            "TilingConfig.iou_threshold",
+            "must be in (0, 1]",
+            self.iou_threshold,
+        )
 
 
 @dataclass

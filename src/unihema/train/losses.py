@@ -44,6 +44,7 @@ from unihema.model.outputs import (
 )
 from unihema.train.distributed import per_rank_normaliser
 from unihema.train.matcher import HungarianMatcher, MatcherConfig
+from unihema.validation import is_number, require
 
 TEXT_IGNORE_INDEX = -100
 """Label value of text positions that carry no loss (padding, prompt)."""
@@ -114,16 +115,16 @@ class LossConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, float | int) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"LossConfig.{f.name} must be >= 0, got {value}")
-        if self.attribute_loss not in ATTRIBUTE_LOSSES:
-            raise ValueError(
-                f"LossConfig.attribute_loss must be one of {ATTRIBUTE_LOSSES}, got {self.attribute_loss!r}"
-            )
-        if not 0.0 <= self.focal_alpha <= 1.0:
-            raise ValueError(f"LossConfig.focal_alpha must be in [0, 1], got {self.focal_alpha}")
-        if not 0.0 <= self.asl_clip < 1.0:
-            raise ValueError(f"LossConfig.asl_clip must be in [0, 1), got {self.asl_clip}")
+            if is_number(value):
+                require(value >= 0, f"LossConfig.{f.name}", "must be >= 0", value)
+        require(
+            self.attribute_loss in ATTRIBUTE_LOSSES, "LossConfig.attribute_loss",
+            f"must be one of {ATTRIBUTE_LOSSES}", self.attribute_loss,
+        )  # fmt: skip
+        require(
+            0.0 <= self.focal_alpha <= 1.0, "LossConfig.focal_alpha", "must be in [0, 1]", self.focal_alpha
+        )
+        require(0.0 <= self.asl_clip < 1.0, "LossConfig.asl_clip", "must be in [0, 1)", self.asl_clip)
 
     @property
     def matcher(self) -> MatcherConfig:

@@ -19,6 +19,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert, generalized_box_iou
 
+from unihema.validation import require
+
 # Finite stand-in for NaN/inf entries of a cost matrix (scipy rejects non-finite costs). Large enough
 # that such a pair is only chosen when no finite assignment exists.
 _NONFINITE_COST = 1.0e8
@@ -46,12 +48,14 @@ class MatcherConfig:
 
     def __post_init__(self) -> None:
         for name in ("cost_class", "cost_bbox", "cost_giou", "focal_gamma"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"MatcherConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.cost_class == 0 and self.cost_bbox == 0 and self.cost_giou == 0:
-            raise ValueError("MatcherConfig: all costs are 0; the matching would be arbitrary")
-        if not 0.0 <= self.focal_alpha <= 1.0:
-            raise ValueError(f"MatcherConfig.focal_alpha must be in [0, 1], got {self.focal_alpha}")
+            require(getattr(self, name) >= 0, f"MatcherConfig.{name}", "must be >= 0", getattr(self, name))
+        require(
+            any((self.cost_class, self.cost_bbox, self.cost_giou)), "MatcherConfig.cost_*",
+            "must not all be 0 (the matching would be arbitrary)",
+        )  # fmt: skip
+        require(
+            0.0 <= self.focal_alpha <= 1.0, "MatcherConfig.focal_alpha", "must be in [0, 1]", self.focal_alpha
+        )
 
 
 def focal_class_cost(logits: torch.Tensor, labels: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:

@@ -15,6 +15,7 @@ import numpy as np
 
 from unihema.data.synthetic.labels import MASK_TARGETS, WBC_TYPES
 from unihema.data.synthetic.palette import REFERENCE_RBC_RADIUS, WBC_RADIUS
+from unihema.validation import ValidationError
 
 
 @dataclass
@@ -87,7 +88,7 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         def fail(name: str, why: str) -> None:
-            raise ValueError(f"SyntheticConfig.{name}: {why} (got {getattr(self, name)!r})")
+            raise ValidationError.for_field(f"SyntheticConfig.{name}", why, getattr(self, name))
 
         size = self.image_size
         if isinstance(size, int | np.integer):
@@ -149,7 +150,7 @@ class SyntheticConfig:
     def _pair(self, name: str) -> tuple[float, float]:
         value = getattr(self, name)
         if not (isinstance(value, Sequence) and len(value) == 2):
-            raise ValueError(f"SyntheticConfig.{name}: must be a (low, high) pair (got {value!r})")
+            raise ValidationError.for_field(f"SyntheticConfig.{name}", "must be a (low, high) pair", value)
         return float(value[0]), float(value[1])
 
     @property

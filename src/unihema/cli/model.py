@@ -16,6 +16,8 @@ import argparse
 import json
 from typing import Any
 
+from unihema.model.presets import PRESETS
+
 # Measured parameter counts of the authors' model (flan-t5-base text model, ResNet-50 vision side).
 UPSTREAM_VISION_PARAMS = 54_453_088
 UPSTREAM_TEXT_PARAMS = 247_577_856
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = commands.add_parser("info", help="parameter count per module group")
     source = info.add_mutually_exclusive_group()
     source.add_argument(
-        "--preset", choices=("tiny", "paper"), default="tiny", help="model preset (default: tiny)"
+        "--preset", choices=PRESETS, default="tiny", help="model preset (default: tiny)"
     )
     source.add_argument("--config", help="a configuration file (.json/.yaml) instead of a preset")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")

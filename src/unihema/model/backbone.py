@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from torchvision import models
 from torchvision.ops import FrozenBatchNorm2d
 
+from unihema.model.config_sections import PRETRAINED_TRAINABLE_LAYERS
+
 # ResNet variant -> (constructor, ImageNet weights enum, channels of C3/C4/C5).
 _RESNETS = {
     18: (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, [128, 256, 512]),
@@ -130,7 +132,7 @@ class ResNetBackbone(nn.Module):
         self,
         depth: int = 50,
         weights: str | Path | None = None,
-        trainable_layers: int = 3,
+        trainable_layers: int = PRETRAINED_TRAINABLE_LAYERS,
         norm: str = "frozen_bn",
     ) -> None:
         super().__init__()

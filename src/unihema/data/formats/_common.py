@@ -44,11 +44,15 @@ DATASET_DISEASE: dict[str, str] = {
     "txl_pbc": "healthy",
     "segmentation_wbc": "healthy",
     "bccd_nucleus_masks": "healthy",
+    "bccd_wbc_crops": "healthy",  # crops of the normal BCCD smears
+    "pbc": "healthy",  # PBC comes from individuals without infection, haematological or oncological disease
     # Thick-smear malaria parasite detection.
     "fiocruz_malaria_thick": "malaria",
+    "sickle_uganda": "sickle cell disease",
+    "erythrocytesidb1": "sickle cell disease",
 }
-"""Default disease context of the staged box and mask datasets; readers take a ``disease=`` option to
-override it (the class-folder datasets have theirs in :data:`unihema.data.formats.folders.DATASET_DISEASE`)."""
+"""Default disease context of the staged datasets (absent: the source does not say); readers take a
+``disease=`` option to override it."""
 
 ROUNDING_TOLERANCE_PX = 0.5
 """A box edge at most this far outside the image is rounding of normalised coordinates: clipped silently."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from unihema.data.formats._common import (
+    DATASET_DISEASE,
     ReadReport,
     cell_class_names,
     check_options,
@@ -19,14 +20,6 @@ from unihema.data.formats.folders.layout import FolderContext, detect_layout
 from unihema.data.formats.folders.paired_masks import read_paired_masks
 from unihema.data.formats.folders.sickle_fields import read_sickle_fields
 from unihema.data.schema import ReadResult, Sample, Task
-
-DATASET_DISEASE: dict[str, str] = {
-    "bccd_wbc_crops": "healthy",  # crops of the normal BCCD smears
-    "pbc": "healthy",  # PBC comes from individuals without infection, haematological or oncological disease
-    "sickle_uganda": "sickle cell disease",
-    "erythrocytesidb1": "sickle cell disease",
-}
-"""Disease context of the datasets read here (``None`` when the source does not say)."""
 
 LAYOUT_READERS: dict[str, Callable[[FolderContext], list[Sample]]] = {
     "imagefolder": read_imagefolder,

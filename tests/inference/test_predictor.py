@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,11 @@ def test_predict_accepts_paths_pil_arrays_lists_and_generators(model: UniHema, t
     many = model.predict([path, _field(seed=1)], tasks="detection")
     lazy = model.predict((_field(seed=s) for s in range(3)), tasks="detection")
     assert len(many) == 2 and len(lazy) == 3 and all(isinstance(p, Prediction) for p in many + lazy)
+    (tmp_path / "slide" / "more").mkdir(parents=True)
+    Image.fromarray(_field(seed=2)).save(tmp_path / "slide" / "b.png")
+    Image.fromarray(_field(seed=3)).save(tmp_path / "slide" / "more" / "a.png")
+    folder = model.predict(tmp_path / "slide", tasks="detection")
+    assert [Path(p.source).name for p in folder] == ["b.png", "a.png"]  # sorted paths, recursively
     grey = model.predict(_field()[..., 0], tasks="detection", score_threshold=0.0)
     assert grey.image_size == (60, 90)
 
@@ -141,16 +147,21 @@ class LocalBlobDetector(nn.Module):
         pad_to_multiple=1,
     )
 
-    def __init__(self, queries: int = 64) -> None:
+    def __init__(
+        self, queries: int = 64, dark_below: float = 0.0, preprocessor: PreprocessorConfig | None = None
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(()))
         self.queries = queries
+        self.dark_below = dark_below  # normalised red channel; 0 = the ImageNet mean
+        if preprocessor is not None:
+            self.preprocessor = preprocessor
 
     def forward_fields(self, images, prompts, tasks, image_mask):
         batch = images.shape[0]
         logits = torch.full((batch, self.queries, 3), -10.0)
         boxes = torch.full((batch, self.queries, 4), 0.5)
-        dark = images[:, 0] < 0  # normalised: darker than the ImageNet mean
+        dark = images[:, 0] < self.dark_below
         for i in range(batch):
             height = int((~image_mask[i]).any(1).sum())
             width = int((~image_mask[i]).any(0).sum())
@@ -199,3 +210,36 @@ def test_tiled_result_equals_untiled_for_a_local_detector() -> None:
     raw = predictor.predict(image, tasks=tasks, tiling={"mode": "always", "tile_size": 64, "overlap": 32,
                                                         "iou_threshold": 1.0})[0]  # fmt: skip
     assert boxes(raw) == boxes(whole)
+
+
+def _one_to_one(size: int, longest: int) -> PreprocessorConfig:
+    """Inputs whose shorter side is ``size`` (and longer at most ``longest``) pass unresized."""
+    sizes = TransformConfig(det_train_sizes=(size,), det_eval_size=size, det_max_size=longest)
+    return PreprocessorConfig(transforms=sizes, pad_to_multiple=1)
+
+
+@pytest.mark.realdata
+def test_tiled_thick_smear_field_gives_the_cells_of_the_whole_field() -> None:
+    from support.paths import dataset_path
+
+    root = dataset_path("fiocruz_malaria_thick")
+    path = sorted(root.glob("*/*/images/*.jpg"))[0]
+    image = load_image(path)
+    assert image.size == (3000, 4000)  # a 12-megapixel thick-smear field
+    # Parasites and white-cell nuclei: the pixels darker than 100 in red, blobs of at most ~280 px, which
+    # 600 px of overlap holds whole (each tile and the whole field are analysed at their own pixel size).
+    dark = (100 / 255 - 0.485) / 0.229
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole_field = Predictor(LocalBlobDetector(256, dark, _one_to_one(3000, 4000)))
+        tiles = Predictor(LocalBlobDetector(256, dark, _one_to_one(1024, 1024)))
+    tasks = ["detection", "segmentation"]
+    whole = whole_field.predict(image, tasks=tasks, tiling={"mode": "never"})[0]
+    tiled = tiles.predict(image, tasks=tasks, tiling={"tile_size": 1024, "overlap": 600})[0]
+    assert "overlapping tiles" in " ".join(tiled.warnings) and len(whole.cells) >= 5
+
+    def boxes(result):
+        return sorted(tuple(round(v, 2) for v in c.box) for c in result.cells)
+
+    assert boxes(tiled) == boxes(whole)
+    assert np.array_equal(tiled.mask, whole.mask)

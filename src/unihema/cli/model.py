@@ -30,9 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
     info = commands.add_parser("info", help="parameter count per module group")
     source = info.add_mutually_exclusive_group()
-    source.add_argument(
-        "--preset", choices=PRESETS, default="tiny", help="model preset (default: tiny)"
-    )
+    source.add_argument("--preset", choices=PRESETS, default="tiny", help="model preset (default: tiny)")
     source.add_argument("--config", help="a configuration file (.json/.yaml) instead of a preset")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=run_info)

@@ -12,10 +12,12 @@ Fields larger than ``tiling.tile_size`` in either side are analysed in overlappi
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,20 +115,24 @@ def _tasks(tasks: Iterable[Task | str] | Task | str | None) -> tuple[Task, ...]:
 
 
 def is_single_image(images: Any) -> bool:
-    """Whether ``images`` is one image (a path, a PIL image or an array) rather than a collection."""
-    return (
-        isinstance(images, (str, np.ndarray, LoadedImage))
-        or hasattr(images, "__fspath__")
-        or hasattr(images, "getpixel")
-    )
+    """Whether ``images`` is one image (a file path, a PIL image or an array), not a folder or a collection."""
+    if isinstance(images, (str, os.PathLike)):
+        return not Path(images).is_dir()
+    return isinstance(images, (np.ndarray, LoadedImage)) or hasattr(images, "getpixel")
 
 
 def _images(images: Any) -> Iterator[ImageInput]:
-    """One image, a list/tuple of images, or any iterable (a generator) of them."""
+    """One image, a folder (its image files, recursively, sorted), or an iterable (a generator) of them."""
     if is_single_image(images):
         yield images
         return
-    yield from images
+    if isinstance(images, (str, os.PathLike)):
+        from unihema.inference.batch import collect_images
+
+        yield from (job.path for job in collect_images([images]))
+        return
+    for item in images:
+        yield from _images(item)
 
 
 class Predictor:
@@ -158,7 +164,7 @@ class Predictor:
 
     # --------------------------------------------------------------------------------- public
     def predict(self, images: Any, **options: Any) -> list[Prediction]:
-        """Analyse ``images`` (a path, PIL image, array, or a list / generator of them); see
+        """Analyse ``images`` (a path, PIL image, array, a folder, or a list / generator of them); see
         :meth:`predict_iter` for the options. Returns one :class:`Prediction` per image."""
         return list(self.predict_iter(images, **options))
 

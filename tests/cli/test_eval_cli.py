@@ -1,6 +1,7 @@
 """``unihema eval`` on a saved model and a real dataset folder."""
 
 import json
+import re
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_eval_uses_the_preprocessing_the_model_was_trained_with(tmp_path, monkey
 
     seen = {}
 
-    def capture(model, samples_by_task, config=None):
+    def capture(model, samples_by_task, config=None, progress=None):
         seen["config"], seen["samples"] = config, samples_by_task
         return {}
 
@@ -74,3 +75,156 @@ def test_a_broken_preprocessor_config_is_named(tmp_path):
     (tmp_path / PREPROCESSOR_NAME).write_text('{"transforms": {"zoom": 2}}')
     with pytest.raises(ValueError, match="transforms.zoom is not a TransformConfig field"):
         UniHema.from_pretrained(tmp_path)
+
+
+def _class_folders(root):
+    """A tiny class-folder dataset: 4 crops of 2 classes, one truncated (fails when decoded) and one file
+    that is no image at all (skipped by the reader)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("neutrophil", "lymphocyte"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+                root / name / f"{name}_{i}.png"
+            )
+    truncated = root / "lymphocyte" / "lymphocyte_0.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    (root / "lymphocyte" / "garbage.png").write_bytes(b"no image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory):
+    """``unihema eval`` on the built-in corpus (recorded as trained on) and an unseen folder."""
+    from unihema.data.transforms import TransformConfig
+    from unihema.inference.preprocessor import PreprocessorConfig
+    from unihema.train.history import TRAINING_RECORD
+
+    base = tmp_path_factory.mktemp("report")
+    model_dir = base / "model"
+    model = UniHema.from_config(small_test_config())
+    model.preprocessor = PreprocessorConfig(
+        transforms=TransformConfig(det_train_sizes=(64,), det_eval_size=64, det_max_size=96, seg_size=32,
+                                   cls_size=32, text_size=32),
+        pad_to_multiple=32, synthetic={"n_images": 10, "image_size": 64, "rbc_radius": 5.0, "crop_size": 16},
+    )  # fmt: skip
+    model.save_pretrained(model_dir)
+    record = {"format_version": 1, "datasets": {"synthetic": ["detection", "classification"]}, "splits": {}}
+    (model_dir / TRAINING_RECORD).write_text(json.dumps(record))
+    cells = _class_folders(base / "cells")
+    out = base / "out"
+    args = ["eval", "--model", str(model_dir), "--data", "synthetic", "--data", f"cells={cells}",
+            "--limit", "6", "--batch-size", "4", "--out", str(out)]  # fmt: skip
+    for task in ("detection", "segmentation", "classification", "probe", "vqa"):
+        args += ["--task", task]
+    return {"args": args, "out": out, "model": model_dir, "cells": cells}
+
+
+@pytest.mark.filterwarnings("ignore:cells. skipped lymphocyte/garbage.png")
+def test_eval_writes_a_table1_table2_report(report_run, capsys):
+    assert main(report_run["args"]) == 0
+    captured = capsys.readouterr()
+    out = report_run["out"]
+    assert f"report: {out / 'report.md'}" in captured.out
+    assert re.search(r"\| (\d+)/\1 \[.*sample/s", captured.err)  # the progress bar reached its total
+    assert "skipped cells/lymphocyte/lymphocyte_0.png (classification)" in captured.err
+    report = json.loads((out / "report.json").read_text())
+    synthetic, cells = report["datasets"]["synthetic"], report["datasets"]["cells"]
+    assert synthetic["seen"] is True and cells["seen"] is False
+    assert set(synthetic["tasks"]) == {"detection", "segmentation", "classification", "probe", "vqa"}
+    assert set(cells["tasks"]) == {"classification", "probe"}
+    assert cells["tasks"]["probe"]["details"]["protocol"].endswith("-fold stratified CV")
+    assert synthetic["tasks"]["probe"]["details"]["protocol"] == "fixed split"
+    assert [s["sample"] for s in cells["tasks"]["classification"]["skipped"]] == [
+        "cells/lymphocyte/lymphocyte_0.png"
+    ]
+    assert cells["tasks"]["classification"]["samples"] == 5  # 6 of the 7 readable files, one truncated
+    assert cells["read_skipped"][0]["sample"] == "lymphocyte/garbage.png"
+    text = (out / "report.md").read_text()
+    assert (
+        text.index("## Table 1")
+        < text.index("| synthetic |")
+        < text.index("## Table 2")
+        < text.index("| cells |")
+    )
+    assert (
+        "Left out: 1 files or rows the dataset readers could not use, and 1 samples that failed to load"
+        in text
+    )
+    assert "lymphocyte_0.png (classification, probe)" in text
+    for plot in ("synthetic/detection_pr.png", "synthetic/segmentation_overlay_0.png",
+                 "synthetic/classification_confusion.png", "cells/probe_tsne.png"):  # fmt: skip
+        assert (out / "plots" / plot).is_file()
+    rows = (out / "report.csv").read_text().splitlines()
+    assert rows[0] == "dataset,seen,task,metric,value,headline,samples,skipped"
+    assert any(r.startswith("cells,unseen,classification,F1_weighted,") for r in rows)
+
+
+@pytest.mark.filterwarnings("ignore:cells. skipped lymphocyte/garbage.png")
+def test_eval_prints_one_row_per_dataset_and_task(report_run, capsys):
+    cells = f"cells={report_run['cells']}"
+    args = ["eval", "--model", str(report_run["model"]), "--data", "synthetic", "--data", cells,
+            "--task", "classification", "--limit", "3", "--no-progress"]  # fmt: skip
+    assert main([*args, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert set(rows) == {"synthetic", "cells"} and rows["cells"]["classification"]["metric"] == "F1_weighted"
+    assert main(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in printed] == [
+        ["synthetic", "classification", "F1_weighted"], ["cells", "classification", "F1_weighted"]
+    ]  # fmt: skip
+
+
+def test_training_record_lists_the_datasets_of_the_stages_run(tmp_path):
+    from unihema.demo import default_config_path
+    from unihema.evaluate.suite import read_training_record, seen_in_training
+    from unihema.train.history import TRAINING_RECORD, training_record, write_training_record
+    from unihema.train.stages import TrainConfig
+
+    config = TrainConfig.load(default_config_path())
+    record = training_record(config, [0])
+    first_stage_tasks = {task.value for task in config.stages[0].tasks}
+    assert set(record["datasets"]) == set(config.stages[0].datasets)
+    assert set(record["datasets"]["synthetic"]) == first_stage_tasks and record["stages"] == [
+        config.stages[0].name
+    ]
+    write_training_record(tmp_path, config, range(len(config.stages)))
+    loaded = read_training_record(tmp_path)
+    assert seen_in_training(loaded, "synthetic") is True and seen_in_training(loaded, "bccd") is False
+    assert seen_in_training(read_training_record(tmp_path / "elsewhere"), "synthetic") is None
+    (tmp_path / TRAINING_RECORD).write_text("{broken")
+    with pytest.raises(ValueError, match="training_record.json: not readable JSON"):
+        read_training_record(tmp_path)
+
+
+def test_data_specs():
+    from unihema.cli.evaluate import parse_data_spec
+
+    assert parse_data_spec("synthetic") == ("synthetic", None)
+    assert parse_data_spec("bccd=../shared/datasets/bccd") == ("bccd", "../shared/datasets/bccd")
+    assert parse_data_spec("../shared/datasets/pbc") == ("pbc", "../shared/datasets/pbc")
+    assert parse_data_spec("/tmp/a=b") == ("a=b", "/tmp/a=b")
+
+
+def test_a_trained_model_records_its_datasets_and_eval_marks_them_seen(tmp_path, capsys):
+    from support.training import mini_config
+    from unihema.train.stages import TrainConfig
+    from unihema.train.trainer import run_training
+
+    stage = {"name": "cls", "tasks": {"classification": ["synthetic"]}, "k_per_task": 2, "train": ["heads"],
+             "max_steps": 1}  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_training(TrainConfig.from_dict(mini_config([stage])), run_dir, progress=False)
+    record = json.loads((run_dir / "final" / "training_record.json").read_text())
+    assert record["datasets"] == {"synthetic": ["classification"]} and record["stages"] == ["cls"]
+    (checkpoint,) = (run_dir / "checkpoints").glob("stage-*/model/training_record.json")
+    assert json.loads(checkpoint.read_text()) == record
+    out = tmp_path / "report"
+    args = ["eval", "--model", str(run_dir / "final"), "--task", "classification", "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["datasets"]["synthetic"]["seen"] is True
+    assert report["datasets"]["synthetic"]["trained_tasks"] == ["classification"]

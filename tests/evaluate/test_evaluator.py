@@ -250,3 +250,121 @@ def test_shuffled_images_is_a_derangement():
     assert [p.prompt for p in paired] == [s.prompt for s in samples]
     donors = [int(p.image.load().getpixel((0, 0))[0]) for p in paired]
     assert sorted(donors) == list(range(7)) and all(d != i for i, d in enumerate(donors))
+
+
+class BrightnessMaskModel(nn.Module):
+    """Segments the pixels brighter than the image mean: a prediction that differs from image to image."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+
+    def forward(self, images, task, prompts=None, targets=None, image_mask=None):
+        grey = images.mean(dim=1, keepdim=True)
+        logits = (grey - grey.mean(dim=(-2, -1), keepdim=True)) * 50
+        return SegmentationOutput(masks=logits, masks_lowres=logits[..., ::8, ::8])
+
+
+def _segmentation_samples():
+    samples = []
+    for i in range(3):
+        pixels = np.full((32, 32, 3), 60, np.uint8)
+        pixels[: 8 * (i + 1), : 10 + 5 * i] = 200  # the bright block grows from image to image
+        truth = np.zeros((32, 32), bool)
+        truth[: 8 * (i + 1), :16] = True
+        samples.append(Sample(ArrayImage(pixels), Task.SEGMENTATION, "t", f"s{i}", mask=ArrayMask(truth)))
+    return samples
+
+
+def test_dice_and_iou_per_image_do_not_depend_on_the_batch_size():
+    samples = _segmentation_samples()
+    one, three = (
+        evaluate_task(BrightnessMaskModel(), samples, Task.SEGMENTATION,
+                      EvalConfig(batch_size=size, transforms=SMALL.transforms, pad_to_multiple=1))
+        for size in (1, 3)
+    )  # fmt: skip
+    assert one.artifacts["per_image"] == three.artifacts["per_image"]
+    dice = [image["dice"] for image in one.artifacts["per_image"]]
+    # Image 0: 8 x 10 predicted inside 8 x 16 true -> Dice 2 * 80 / (80 + 128), IoU 80 / 128.
+    assert dice[0] == pytest.approx(2 * 80 / 208) and one.artifacts["per_image"][0]["iou"] == pytest.approx(
+        80 / 128
+    )
+    assert len(set(dice)) == 3 and one.value == pytest.approx(np.mean(dice))
+    assert one.details["IoU"] == pytest.approx(
+        np.mean([image["iou"] for image in one.artifacts["per_image"]])
+    )
+    overlay = one.artifacts["overlays"][0]
+    assert overlay["image"].shape == (32, 32, 3) and overlay["image"].dtype == np.uint8
+    assert overlay["image"][0, 0].tolist() == [200, 200, 200] and overlay["predicted"].shape == (32, 32)
+
+
+def test_an_unreadable_sample_is_named_and_skipped(tmp_path):
+    from unihema.data.schema import FileImage
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    samples = _segmentation_samples()
+    samples.insert(1, Sample(FileImage(broken), Task.SEGMENTATION, "t", "broken",
+                             mask=ArrayMask(np.zeros((32, 32), bool))))  # fmt: skip
+    seen = []
+    result = evaluate_task(BrightnessMaskModel(), samples, Task.SEGMENTATION, SMALL, progress=seen.append)
+    assert sum(seen) == 4 and result.evaluated == 3 and result.details["images"] == 3
+    assert [s["sample"] for s in result.skipped] == ["t/broken"]
+    assert (
+        result.skipped[0]["reason"].startswith("UnidentifiedImageError")
+        and "broken.png" in result.skipped[0]["reason"]
+    )
+    with pytest.raises(
+        ValueError, match="none of the 1 segmentation samples could be loaded; first: t/broken"
+    ):
+        evaluate_task(BrightnessMaskModel(), samples[1:2], Task.SEGMENTATION, SMALL)
+
+
+def test_fov_cells_are_the_detections_at_the_operating_score_threshold():
+    boxes = np.array([[0, 0, 16, 32], [0, 1, 16, 32]], dtype=np.float32)
+    sample = Sample(_image(), Task.FOV_MORPHOLOGY, "t", "f0", boxes=boxes, box_labels=[3, 4],
+                    box_attributes=np.zeros((2, 6), int))  # fmt: skip
+    transforms = TransformConfig(det_train_sizes=(32,), det_eval_size=32, det_max_size=64)
+    # Query 0 scores sigmoid(5) = 0.993: a cell at the default threshold (0.3), not at 0.999.
+    strict = EvalConfig(batch_size=1, transforms=transforms, pad_to_multiple=1, score_threshold=0.999)
+    result = evaluate_task(OneQueryTwoClassesModel(), [sample], Task.FOV_MORPHOLOGY, strict)
+    assert result.details["cells_matched"] == 0 and result.value == 0.0
+    assert result.details["mAP50"] > 0  # mAP still scores every kept detection
+    with pytest.raises(ValueError, match="score_threshold"):
+        EvalConfig(score_threshold=1.5)
+
+
+def test_detection_reports_per_class_ap_and_pr_curves_in_class_names():
+    from unihema.data.vocab import DETECTION_CLASSES
+
+    samples = [
+        Sample(ArrayImage(np.full((48, 48, 3), 128, np.uint8)), Task.DETECTION, "t", "d0", prompt="p",
+               boxes=np.array([[5, 8, 25, 30]], np.float32), box_labels=np.array([1]), image_size=(48, 48))
+    ]  # fmt: skip
+    transforms = TransformConfig(det_train_sizes=(64,), det_eval_size=64, det_max_size=80)
+    config = EvalConfig(batch_size=1, transforms=transforms, max_detections=7)
+    result = evaluate_task(QueueDetector(samples), samples, Task.DETECTION, config)
+    name = DETECTION_CLASSES[1]
+    assert result.details["AP50_per_class"] == {name: pytest.approx(1.0)}
+    assert result.details["max_detections"] == 7
+    curve = result.artifacts["pr_curves"][name]
+    assert len(curve["recall"]) == len(curve["precision"]) == 101 and curve["AP50"] == pytest.approx(1.0)
+
+
+def test_classification_confusion_matrix_and_text_details():
+    from unihema.data.vocab import CELL_CLASSES
+
+    samples = [
+        Sample(_image(), Task.CLASSIFICATION, "t", f"c{i}", cell_class=c) for i, c in enumerate([3, 5])
+    ]
+    result = evaluate_task(ConstantModel(), samples, Task.CLASSIFICATION, SMALL)
+    matrix = result.artifacts["confusion_matrix"]
+    assert matrix["labels"] == [CELL_CLASSES[3], CELL_CLASSES[5]] and matrix["matrix"] == [[1, 0], [1, 0]]
+    text = [
+        Sample(
+            _image(), Task.MLM, "t", "m0", prompt="Q: the nucleus is round", text_target="the nucleus is oval"
+        )
+    ]
+    details = evaluate_task(ConstantModel(), text, Task.MLM, SMALL).details
+    assert details["ROUGE_L"] == pytest.approx(0.75) and details["exact_match"] == 0.0
+    assert details["one_word_references"] == 0.0 and details["BLEU4_words"] > 0

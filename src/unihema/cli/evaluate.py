@@ -1,71 +1,178 @@
-"""``unihema eval``: evaluate a saved model on a dataset folder or on the synthetic corpus."""
+"""``unihema eval``: evaluate a saved model on datasets and tasks; print the numbers or write a report.
+
+Examples::
+
+    unihema eval --model runs/demo/final                          # the built-in corpus recorded in the model
+    unihema eval --model runs/demo/final --data ../shared/datasets/bccd --json
+    unihema eval --model runs/paper/final --data synthetic --data bccd=../shared/datasets/bccd \\
+        --data pbc=../shared/datasets/pbc --task detection --task classification --task probe \\
+        --out reports/paper
+
+``--out DIR`` writes a Table 1 / Table 2 style report (``report.md``, ``report.csv``, ``report.json`` and
+``plots/``, see :mod:`unihema.evaluate.tables`); datasets the model folder's training record does not list
+are marked unseen. A seen dataset without a split of its own is split as training split it (the recorded
+split settings), so only its held-out samples are scored; an unseen one is scored whole.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from unihema.data.schema import SYNTHETIC_DATASET
+import numpy as np
+
+from unihema.data.schema import SYNTHETIC_DATASET, Task
+
+PROBE_CHOICE = "probe"
+TASK_CHOICES: tuple[str, ...] = tuple(task.value for task in Task)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="evaluate a saved model, one metric per task")
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a saved model on datasets and tasks; write a Table 1 / Table 2 style report",
+        description="Evaluate a saved model on any mix of datasets and tasks. Without --out the numbers are "
+        "printed; with --out a report (Markdown, CSV, JSON and plots) is written, datasets not seen in "
+        "training (per the model folder's training record) marked unseen. Unreadable samples are named and "
+        "skipped.",
+    )
     parser.add_argument("--model", required=True, type=Path, help="folder written by save_pretrained")
     parser.add_argument(
-        "--data", default=SYNTHETIC_DATASET,
-        help=f"a dataset folder in a native format, or {SYNTHETIC_DATASET!r} for the built-in corpus (default)",
+        "--data", action="append", metavar="NAME=PATH",
+        help=f"a dataset: NAME=PATH (a folder in a native format), a PATH (named after its folder) or "
+        f"{SYNTHETIC_DATASET!r} (the built-in corpus the model folder records); repeat for several "
+        f"(default: {SYNTHETIC_DATASET})",
     )  # fmt: skip
-    parser.add_argument("--format", help="dataset format (detected when omitted)")
+    parser.add_argument("--format", help="dataset format of the folders (detected per folder when omitted)")
     parser.add_argument("--split", default="test", help="which split to evaluate (default: test)")
-    parser.add_argument("--task", action="append", help="task(s) to evaluate (default: every task present)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many samples per task")
+    parser.add_argument(
+        "--task", action="append", choices=(*TASK_CHOICES, PROBE_CHOICE),
+        help="task(s) to evaluate (default: every task present); 'probe' runs the DinoBloom single-cell "
+        "probe on the classification crops of every split",
+    )  # fmt: skip
+    parser.add_argument(
+        "--limit", type=int, default=None,
+        help="evaluate at most this many samples per task (the probe: per split, spread over the dataset)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-detections", type=int, default=None, help="detections kept per image (3000)")
+    parser.add_argument(
+        "--score-threshold", type=float, default=None,
+        help="operating score threshold of the model's cells for FoV morphology (default 0.3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--probe-backbone", action="store_true",
+        help="probe: concatenate the mean-pooled backbone features to the SCFE features",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, help="write the report into this folder")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
-def _samples_by_task(args: argparse.Namespace, preprocessor: Any = None) -> dict:
-    from unihema.data.schema import Task
+def parse_data_spec(value: str) -> tuple[str, str | None]:
+    """``(name, path)`` of a ``--data`` value; ``path`` is ``None`` for the built-in corpus."""
+    if value == SYNTHETIC_DATASET:
+        return SYNTHETIC_DATASET, None
+    name, separator, path = value.partition("=")
+    if separator and name and path and not any(c in name for c in "/\\"):
+        return name, path
+    return Path(value).name or value, value
 
-    if args.data == SYNTHETIC_DATASET:
+
+def _spread(samples: list[Any], limit: int | None) -> list[Any]:
+    """At most ``limit`` samples, evenly spaced over the list (class folders are read class by class)."""
+    if limit is None or len(samples) <= limit:
+        return samples
+    return [samples[i] for i in np.unique(np.linspace(0, len(samples) - 1, limit).round().astype(int))]
+
+
+def _probe_subset(samples: list[Any], limit: int | None) -> list[Any]:
+    by_split: dict[Any, list[Any]] = {}
+    for sample in samples:
+        by_split.setdefault(sample.split, []).append(sample)
+    return [s for split_samples in by_split.values() for s in _spread(split_samples, limit)]
+
+
+def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: Any, record: Any, wanted: Any):
+    """One :class:`~unihema.evaluate.suite.EvalDataset` (tasks not filtered or limited yet)."""
+    from unihema.evaluate.suite import EvalDataset, seen_in_training
+
+    seen = seen_in_training(record, name)
+    trained = list(record["datasets"].get(name, [])) if record is not None else []
+    probe = PROBE_CHOICE in wanted
+    if path is None:
         from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
 
         # The corpus the model was trained on, when its folder records one.
         recorded = None if preprocessor is None else preprocessor.synthetic_config()
         corpus = SyntheticCorpus(recorded or SyntheticConfig())
-        grouped = {task: corpus.samples(task, args.split) for task in Task}
-    else:
-        from unihema.data.formats import detect_format, get_reader
+        grouped = {task: corpus.samples(task, args.split) for task in Task if task.value in wanted}
+        crops = corpus.samples(Task.CLASSIFICATION, None) if probe else []
+        return EvalDataset(name, grouped, crops, seen, "built-in synthetic corpus", [], trained)
+    from unihema.data.formats import detect_format, get_reader
 
-        root = Path(args.data)
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: dataset folder not found")
-        result = get_reader(args.format or detect_format(root)).read(root)
-        grouped = {}
-        for sample in result.samples:
-            if sample.split in (args.split, None):
-                grouped.setdefault(sample.task, []).append(sample)
-    if args.task:
-        wanted = {Task(name) for name in args.task}
-        grouped = {task: samples for task, samples in grouped.items() if task in wanted}
-    if args.limit is not None:
-        grouped = {task: samples[: args.limit] for task, samples in grouped.items()}
-    grouped = {task: samples for task, samples in grouped.items() if samples}
-    if not grouped:
-        raise ValueError(f"no samples of split {args.split!r} for the requested task(s) in {args.data}")
-    return grouped
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset folder not found")
+    result = get_reader(args.format or detect_format(root)).read(root)
+    samples = result.samples
+    if seen:
+        from unihema.data.splits import SplitConfig, assign_splits
+
+        # Samples without a split of their own get the split training gave them: only held-out ones count.
+        samples = assign_splits(samples, SplitConfig(**record.get("splits", {})))
+    grouped: dict[Task, list[Any]] = {}
+    for sample in samples:
+        if sample.split in (args.split, None) and sample.task.value in wanted:
+            grouped.setdefault(sample.task, []).append(sample)
+    crops = [s for s in samples if s.task is Task.CLASSIFICATION] if probe else []
+    skipped = [{"sample": item.path, "reason": item.reason} for item in result.skipped]
+    return EvalDataset(name, grouped, crops, seen, str(root), skipped, trained)
+
+
+def _datasets(args: argparse.Namespace, preprocessor: Any, record: Any) -> list[Any]:
+    wanted = set(args.task) if args.task else set(TASK_CHOICES)
+    datasets = []
+    for value in args.data or [SYNTHETIC_DATASET]:
+        dataset = _load(*parse_data_spec(value), args, preprocessor, record, wanted)
+        if args.limit is not None:
+            dataset.samples = {task: samples[: args.limit] for task, samples in dataset.samples.items()}
+            dataset.probe_samples = _probe_subset(dataset.probe_samples, args.limit)
+        dataset.samples = {task: samples for task, samples in dataset.samples.items() if samples}
+        if dataset.samples or dataset.probe_samples:
+            datasets.append(dataset)
+        else:
+            message = f"{dataset.name}: no samples of split {args.split!r} for the requested task(s)"
+            print(f"unihema eval: {message}", file=sys.stderr)
+    if not datasets:
+        names = ", ".join(args.data or [SYNTHETIC_DATASET])
+        raise ValueError(f"no samples of split {args.split!r} for the requested task(s) in {names}")
+    return datasets
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["unihema eval --model", str(args.model)]
+    parts += [f"--data {value}" for value in args.data or []]
+    parts += [f"--task {task}" for task in args.task or []]
+    parts += [f"--split {args.split}"] + ([f"--limit {args.limit}"] if args.limit is not None else [])
+    return " ".join(parts + ([f"--out {args.out}"] if args.out else []))
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from unihema.evaluate.evaluator import EvalConfig, evaluate
+    from unihema.evaluate.evaluator import EvalConfig
+    from unihema.evaluate.probe import ProbeConfig
+    from unihema.evaluate.suite import evaluate_datasets, read_training_record
     from unihema.model.unihema import UniHema
 
+    started = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = UniHema.from_pretrained(args.model).to(device)
     # Input sizes and padding the model was trained with (preprocessor_config.json), else the defaults.
@@ -75,16 +182,49 @@ def run(args: argparse.Namespace) -> int:
         if preprocessor is None
         else {"transforms": preprocessor.transforms, "pad_to_multiple": preprocessor.pad_to_multiple}
     )
-    config = EvalConfig(batch_size=args.batch_size, **recorded)
-    results = evaluate(model, _samples_by_task(args, preprocessor), config)
+    chosen = {"max_detections": args.max_detections, "score_threshold": args.score_threshold}
+    config = EvalConfig(
+        batch_size=args.batch_size, **recorded, **{k: v for k, v in chosen.items() if v is not None}
+    )
+    probe_config = ProbeConfig(
+        batch_size=args.batch_size, with_backbone=args.probe_backbone, test_split=args.split,
+        transforms=config.transforms, pad_to_multiple=config.pad_to_multiple,
+    )  # fmt: skip
+    record = read_training_record(args.model)
+    datasets = _datasets(args, preprocessor, record)
+    results = evaluate_datasets(model, datasets, config, probe_config, progress=not args.no_progress)
+    for result in results:
+        for key, task_result in result.results.items():
+            for item in task_result.skipped:
+                print(f"unihema eval: skipped {item['sample']} ({key}): {item['reason']}", file=sys.stderr)
+        for key, why in result.failed.items():
+            print(f"unihema eval: {result.dataset.name} {key} not evaluated: {why}", file=sys.stderr)
+    if args.out is not None:
+        from unihema.evaluate.tables import write_evaluation_report
+
+        meta = {
+            "command": _command(args), "model": str(args.model), "model_preset": model.config.preset,
+            "split": args.split, "device": str(device),
+            "training_record": "found" if record is not None else "none (seen/unseen not known)",
+            "max_detections": config.max_detections, "score_threshold": config.score_threshold,
+            "seconds": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
+        }  # fmt: skip
+        paths = write_evaluation_report(args.out, results, meta)
+        print(f"report: {paths['markdown']}", file=sys.stderr if args.json else sys.stdout)
     rows = {
-        task.value: {"metric": r.metric, "value": r.value, "details": r.details}
-        for task, r in results.items()
+        result.dataset.name: {
+            key: {"metric": r.metric, "value": r.value, "details": r.details}
+            for key, r in result.results.items()
+        }
+        for result in results
     }
+    single = len(rows) == 1
     if args.json:
-        json.dump(rows, sys.stdout, indent=2, default=float)
+        json.dump(next(iter(rows.values())) if single else rows, sys.stdout, indent=2, default=float)
         print()
     else:
-        for task, row in rows.items():
-            print(f"{task:16s} {row['metric']:14s} {row['value']:.4f}")
+        for name, tasks in rows.items():
+            for task, row in tasks.items():
+                prefix = "" if single else f"{name:20s} "
+                print(f"{prefix}{task:16s} {row['metric']:14s} {row['value']:.4f}")
     return 0

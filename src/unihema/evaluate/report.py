@@ -25,16 +25,23 @@ from unihema.data.schema import Task
 from unihema.evaluate.evaluator import TaskResult
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with NumPy scalars and arrays made plain, tuples lists, non-finite floats ``None``."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+BLEU_ONE_WORD_NOTE = (
+    "BLEU-4 is 0 on one-word answers (they have no 2-, 3- or 4-grams to match): read the exact-match "
+    "accuracy for short answers."
+)
 
 
 def build_report(
@@ -53,7 +60,7 @@ def build_report(
             "details_after": result_after.details,
             "examples": result_after.examples,
         }
-    return _jsonable({"tasks": tasks, "meta": dict(meta)})
+    return jsonable({"tasks": tasks, "meta": dict(meta)})
 
 
 def markdown_report(report: Mapping[str, Any], overlays: Sequence[str] = ()) -> str:
@@ -85,6 +92,8 @@ def markdown_report(report: Mapping[str, Any], overlays: Sequence[str] = ()) -> 
             f"{gap:.3f} accuracy; a model that ignored the image would lose nothing. (BLEU-4 rewards the shared "
             "template words, so it hides this.)",
         ]
+    if any(task in report["tasks"] for task in ("vqa", "mlm")):
+        lines += ["", BLEU_ONE_WORD_NOTE]
     for task in ("vqa", "mlm"):
         examples = report["tasks"].get(task, {}).get("examples", [])
         if examples:

@@ -28,6 +28,9 @@ LOG_FILE = "train.log"
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 FINAL_MODEL_DIR = "final"
+TRAINING_RECORD = "training_record.json"
+"""Written beside the weights of every model the trainer saves (:func:`write_training_record`), so that
+``unihema eval`` can tell the datasets a model was trained on from unseen ones."""
 METRIC_COLUMNS: tuple[str, ...] = (
     "time", "stage", "stage_name", "global_step", "stage_step", "epoch", "tasks", "loss", *LOSS_FAMILIES,
     "lr", "grad_norm", "images_per_s", "skipped",
@@ -79,6 +82,30 @@ def prepare_run_dir(
         atomic_write_text(run_file, json.dumps(record, indent=2) + "\n")
     dist_utils.barrier()
     return indices
+
+
+def training_record(config: TrainConfig, stage_indices: Sequence[int]) -> dict[str, Any]:
+    """What the stages ``stage_indices`` (0-based) train on: ``datasets`` (name -> tasks), the stage names,
+    and the run's split settings (``splits``, the :class:`~unihema.data.splits.SplitConfig` fields) and
+    ``leak_action``."""
+    datasets: dict[str, list[str]] = {}
+    for index in stage_indices:
+        for task, weights in config.stages[index].tasks.items():
+            for dataset in (name for name, weight in weights.items() if weight):
+                tasks = datasets.setdefault(dataset, [])
+                if task.value not in tasks:
+                    tasks.append(task.value)
+    return {
+        "format_version": 1, "datasets": datasets, "stages": [config.stages[i].name for i in stage_indices],
+        "splits": dict(config.data.splits), "leak_action": config.data.leak_action,
+    }  # fmt: skip
+
+
+def write_training_record(model_dir: Path, config: TrainConfig, stage_indices: Sequence[int]) -> Path:
+    """Write :func:`training_record` as ``TRAINING_RECORD`` into a saved model folder."""
+    path = Path(model_dir) / TRAINING_RECORD
+    atomic_write_text(path, json.dumps(training_record(config, stage_indices), indent=2) + "\n")
+    return path
 
 
 def configure_logging(run_dir: Path, main: bool) -> logging.Handler | None:

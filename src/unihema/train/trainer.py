@@ -71,6 +71,7 @@ from unihema.train.history import (
     metrics_row,
     prepare_run_dir,
     remove_logging,
+    write_training_record,
 )
 from unihema.train.losses import LOSS_FAMILIES, UniHemaCriterion
 from unihema.train.optim import apply_freezing, build_optimizer, stage_total_steps
@@ -207,6 +208,7 @@ class Trainer:
             state = None
         if self.context.is_main:
             model.save_pretrained(self.run_dir / FINAL_MODEL_DIR)
+            write_training_record(self.run_dir / FINAL_MODEL_DIR, self.config, self.stage_indices)
             logger.info("training finished; final model in %s", self.run_dir / FINAL_MODEL_DIR)
         dist_utils.barrier()
         model.eval()
@@ -364,6 +366,9 @@ class Trainer:
         if self.context.is_main:
             state = run.training_state(progress, rngs, self.context.world_size)
             path = save_checkpoint(self.run_dir, name, run.model, state, self.config.runtime.keep_last)
+            write_training_record(
+                path / MODEL_DIR, self.config, [i for i in self.stage_indices if i <= run.index]
+            )
             logger.info("checkpoint %s", path)
         dist_utils.barrier()
 

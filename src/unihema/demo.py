@@ -76,6 +76,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the main job into ``out_dir``; returns the report dictionary (also written to disk)."""
     from unihema.data.synthetic import SyntheticCorpus
+    from unihema.train.history import write_training_record
     from unihema.train.stages import TrainConfig
     from unihema.train.trainer import build_model, run_training, seed_everything
 
@@ -109,6 +110,7 @@ def run_demo(
     if model_dir.exists():
         shutil.rmtree(model_dir)
     model.save_pretrained(model_dir)
+    write_training_record(model_dir, config, range(len(config.stages)))  # so `eval` marks seen datasets
     overlays = _overlays(model, eval_samples, eval_config, out_dir)
     finished = time.perf_counter()
 

@@ -225,5 +225,8 @@ def test_masks_sniff_and_wrong_format():
         "sickle_uganda",
     ):
         assert not MaskReader().sniff(dataset_path(name)), name
-    with pytest.raises(WrongFormatError, match=r"expected image \+ PNG mask pairs, found"):
+    # The message says what was expected and which folders were looked in.
+    with pytest.raises(
+        WrongFormatError, match=r"expected image \+ mask pairs: .*; looked in .*'TXL_PBC/images/'.*, found"
+    ):
         MaskReader().read(dataset_path("txl_pbc"))

@@ -3,8 +3,12 @@
 - ``unihema data list [--kind paper|staged] [--task TASK] [--json]``
 - ``unihema data info NAME [--json]``
 - ``unihema data download NAME --to DIR [--filename NAME] [--quiet]``
-- ``unihema data check PATH [--format FMT] [--dataset NAME] [--json]``
+- ``unihema data check PATH [--format FMT] [--dataset NAME] [--option KEY=VALUE ...] [--json]``
 - ``unihema data synthetic --out DIR [--n-images N] [--image-size PX] [--seed S] [--workers W]``
+
+``check`` reads the folder with the options of its ``unihema.yaml`` descriptor (if any) and of each
+``--option KEY=VALUE`` (the value is YAML: ``mapping=cell``, ``colour_map={background: [255, 255, 255],
+nucleus: [0, 255, 255]}``), and says which rule made it pick the reader.
 
 Only the catalog is imported at parse time; readers load when ``check`` runs, and nothing here imports
 torch, so these commands start fast.
@@ -54,10 +58,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("path", help="dataset folder")
     check.add_argument(
-        "--format", choices=READER_FORMATS, help="reader to use (default: catalog entry or detected)"
+        "--format",
+        choices=READER_FORMATS,
+        help="reader to use (default: the one unihema.yaml names, the catalog entry's, or detected)",
     )
     check.add_argument(
         "--dataset", help="catalog entry whose reader options apply (default: the folder's name)"
+    )
+    check.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reader option, the value as YAML (repeatable; overrides unihema.yaml and the catalog), "
+        "e.g. --option mapping=cell",
     )
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(func=_check)
@@ -137,8 +151,11 @@ def _download(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from unihema.data.check import check_dataset
+    from unihema.data.formats.descriptor import parse_option_pairs
 
-    report = check_dataset(args.path, args.format, dataset=args.dataset)
+    report = check_dataset(
+        args.path, args.format, dataset=args.dataset, options=parse_option_pairs(args.option)
+    )
     print(report.to_json() if args.json else report.to_text())
     return 0
 

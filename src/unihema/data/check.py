@@ -1,10 +1,11 @@
 """Load a dataset folder with its native reader and summarise what loaded (``unihema data check``).
 
-:func:`check_dataset` picks the reader (the ``format`` given, else the catalog's reader when the folder is
-named like a staged dataset, else :func:`unihema.data.formats.detect_format`), runs it with
-``verify_images=True`` so damaged images are found, and returns a :class:`CheckReport`: image and sample
-counts, annotations per class, masks, attribute value counts, splits, and every item the reader skipped
-or fixed with its file and reason.
+:func:`check_dataset` picks the reader (the ``format`` given, else the one the folder's ``unihema.yaml``
+descriptor names, else the catalog's reader when the folder is named like a staged dataset, else the
+detected one, see :func:`unihema.data.formats.plan_read`), merges the reader options (catalog, descriptor,
+then the ones given), runs the reader with ``verify_images=True`` so damaged images are found, and returns
+a :class:`CheckReport`: which rule matched the reader, image and sample counts, annotations per class,
+masks, attribute value counts, splits, and every item the reader skipped or fixed with its file and reason.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ class CheckReport:
         dataset: catalog name (or the folder name when the catalog has no entry for it).
         path: the folder checked.
         format: reader used.
-        format_source: ``"given"``, ``"catalog"`` or ``"detected"``: how the reader was chosen.
+        format_source: ``"given"``, ``"descriptor"``, ``"catalog"`` or ``"detected"``: how the reader was
+            chosen.
+        format_rule: which files matched the reader, in its words (e.g. "364 XML files with <annotation>
+            roots in 'Annotations/' paired by stem with 364 images in 'JPEGImages/'"), or ``None``.
+        descriptor: the dataset descriptor file whose settings were used, or ``None``.
         options: reader options used (besides ``verify_images``).
         catalog_entry: name of the catalog entry whose options were used, or ``None``.
         images: distinct image files (or in-memory images) among the samples.
@@ -58,6 +63,8 @@ class CheckReport:
     path: str
     format: str
     format_source: str
+    format_rule: str | None = None
+    descriptor: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     catalog_entry: str | None = None
     images: int = 0
@@ -80,6 +87,8 @@ class CheckReport:
             "path": self.path,
             "format": self.format,
             "format_source": self.format_source,
+            "format_rule": self.format_rule,
+            "descriptor": self.descriptor,
             "options": _jsonable(self.options),
             "catalog_entry": self.catalog_entry,
             "images": self.images,
@@ -102,11 +111,22 @@ class CheckReport:
     def to_text(self) -> str:
         """Human-readable summary (the default output of ``unihema data check``)."""
         options = json.dumps(_jsonable(self.options), sort_keys=True) if self.options else "none"
-        source = {"given": "given", "catalog": f"catalog entry {self.catalog_entry}", "detected": "detected"}
+        source = {
+            "given": "given",
+            "descriptor": f"descriptor {self.descriptor}",
+            "catalog": f"catalog entry {self.catalog_entry}",
+            "detected": "detected",
+        }
         lines = [
             f"dataset   {self.dataset}",
             f"path      {self.path}",
             f"format    {self.format} ({source.get(self.format_source, self.format_source)}), options {options}",
+        ]
+        if self.format_rule:
+            lines.append(f"rule      {self.format_rule}")
+        if self.descriptor and self.format_source != "descriptor":
+            lines.append(f"descriptor {self.descriptor}")
+        lines += [
             f"images    {self.images}",
             f"samples   {self.samples}" + _inline(self.tasks),
             "splits   " + _inline(self.splits, lead=""),
@@ -228,41 +248,39 @@ def check_dataset(
 
     Args:
         path: the dataset folder.
-        format: reader name; default: the catalog's reader when the folder (or ``dataset``) names a staged
-            dataset, else the detected format.
+        format: reader name; default: the one the folder's ``unihema.yaml`` names, else the catalog's
+            reader when the folder (or ``dataset``) names a staged dataset, else the detected format.
         dataset: catalog name to take the reader options from (default: the folder's name).
-        options: extra reader options, overriding the catalog's.
+        options: extra reader options (``--option key=value``), overriding the catalog's and the
+            descriptor's.
         verify_images: decode every image (catches truncated files).
 
     Raises:
         FileNotFoundError: ``path`` is not a folder.
         unihema.data.formats.WrongFormatError: the folder is not a dataset of any known format (or not of
             ``format``).
-        ValueError: the reader loaded nothing at all.
+        ValueError: the reader loaded nothing at all; a bad descriptor or option (named).
     """
-    from unihema.data.formats import detect_format, get_reader  # readers import PIL etc.: only when checking
+    from unihema.data.formats import plan_read, read_planned  # readers import PIL etc.: only when checking
 
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a directory")
     entry = _resolve_entry(root, dataset)
-    if format is not None:
-        format_source = "given"
-    elif entry is not None and entry.reader is not None:
-        format, format_source = entry.reader, "catalog"
-    else:
-        format, format_source = detect_format(root), "detected"
-    reader = get_reader(format)
-    read_options: dict[str, Any] = {}
-    if entry is not None and entry.reader == format:
-        read_options.update(entry.options)
-    if options:
-        read_options.update(options)
+    plan = plan_read(
+        root,
+        format,
+        options,
+        default_format=entry.reader if entry is not None else None,
+        default_options=entry.options if entry is not None else None,
+    )
+    format, read_options = plan.format, plan.options
+    format_source = "catalog" if plan.format_source == "default" else plan.format_source
     name = entry.name if entry is not None else (dataset or root.resolve().name.lower())
     with warnings.catch_warnings():
         # Skipped items are reported in the summary; the readers' per-item warnings would repeat them.
         warnings.simplefilter("ignore")
-        result = reader.read(root, dataset=name, verify_images=verify_images, **read_options)
+        result = read_planned(plan, dataset=name, verify_images=verify_images)
     if not result.samples:
         detail = (
             f" ({len(result.skipped)} items skipped, first: {result.skipped[0].path}: {result.skipped[0].reason})"
@@ -276,6 +294,8 @@ def check_dataset(
         path=str(root),
         format=format,
         format_source=format_source,
+        format_rule=plan.rule,
+        descriptor=str(plan.descriptor.path) if plan.descriptor is not None else None,
         options=read_options,
         catalog_entry=entry.name if entry is not None and entry.reader == format else None,
         annotated_classes=list(result.annotated_classes),

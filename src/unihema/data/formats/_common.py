@@ -1,8 +1,10 @@
-"""Helpers shared by every reader: the skip/fix record, the read context, split names, folder and image
-scanning, byte-identical files, box clean-up.
+"""Helpers shared by every reader: the skip/fix record, the read context, option errors, split names,
+folder and image scanning, byte-identical files, box clean-up.
 
 Every reader collects what it skipped or fixed in one :class:`ReadReport` (each item named relative to
-the dataset root, with the reason) and hands its helpers one :class:`ReadContext`.
+the dataset root, with the reason) and hands its helpers one :class:`ReadContext`. A reader that refuses
+the value of one of its options raises :class:`OptionError`, so that the caller can say where the value
+came from (a dataset descriptor file, ``--option`` on the command line).
 
 Policy for boxes (the same in every reader):
 
@@ -65,7 +67,19 @@ MAX_INDIVIDUAL_WARNINGS = 5
 
 
 class ReaderWarning(UserWarning):
-    """Warning emitted for every item a reader skipped."""
+    """Warning emitted for every item a reader skipped (and for fixes that change what a file means)."""
+
+
+class OptionError(ValueError):
+    """A reader option has a value the reader cannot use.
+
+    Attributes:
+        option: the option's name (``"colour_map"``); the message says what is wrong with its value.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 # ------------------------------------------------------------------------------ names and splits
@@ -91,6 +105,16 @@ def split_from_name(name: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+def split_from_path(path: Path, root: Path) -> str | None:
+    """Split named by a folder between ``root`` and ``path`` (``train/images``, ``Test Labels``), deepest
+    first; ``None`` when no folder names one."""
+    try:
+        parts = Path(path).resolve().relative_to(Path(root).resolve()).parts
+    except ValueError:
+        return None
+    return next((split for part in reversed(parts) if (split := split_from_name(part))), None)
+
+
 def relative(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` (posix), or the absolute path when it lies outside ``root``."""
     try:
@@ -109,17 +133,18 @@ def parse_tasks(
         try:
             task = Task(item)
         except ValueError:
-            raise ValueError(
-                f"{reader}: unknown task {item!r}; expected one of {[t.value for t in allowed]}"
+            raise OptionError(
+                "tasks", f"{reader}: unknown task {item!r}; expected one of {[t.value for t in allowed]}"
             ) from None
         if task not in allowed:
-            raise ValueError(
-                f"{reader}: task {task.value!r} not available; expected one of {[t.value for t in allowed]}"
+            raise OptionError(
+                "tasks",
+                f"{reader}: task {task.value!r} not available; expected one of {[t.value for t in allowed]}",
             )
         if task not in out:
             out.append(task)
     if not out:
-        raise ValueError(f"{reader}: tasks must name at least one of {[t.value for t in allowed]}")
+        raise OptionError("tasks", f"{reader}: tasks must name at least one of {[t.value for t in allowed]}")
     return tuple(out)
 
 
@@ -149,6 +174,8 @@ class ReadReport:
     :meth:`emit_warnings` (called by :meth:`finish`) announces the items of one ``group`` by a single
     warning with their count (for known, expected gaps such as a partially staged image folder), and the
     other skipped items one warning each, up to :data:`MAX_INDIVIDUAL_WARNINGS`, then one summary.
+    Fixed items are silent unless :meth:`fix` is told to warn (a repair that changes what a file means,
+    such as mask colours read as background); those are announced at :meth:`finish` in the same way.
 
     Attributes:
         dataset: registry name of the dataset (starts every warning).
@@ -165,6 +192,8 @@ class ReadReport:
     fixed: list[Fixed] = field(default_factory=list)
     _groups: dict[str, list[Skipped]] = field(default_factory=dict, repr=False)
     _loose: list[Skipped] = field(default_factory=list, repr=False)
+    _fix_groups: dict[str, list[Fixed]] = field(default_factory=dict, repr=False)
+    _noted: list[Fixed] = field(default_factory=list, repr=False)
 
     def relative(self, path: Path) -> str:
         """``path`` relative to :attr:`root` (see :func:`relative`)."""
@@ -185,8 +214,14 @@ class ReadReport:
         elif warn:
             self._loose.append(skipped)
 
-    def fix(self, item: Path | str, what: str) -> None:
-        self.fixed.append(Fixed(self._name(item), what))
+    def fix(self, item: Path | str, what: str, *, warn: bool = False, group: str | None = None) -> None:
+        """Record a repaired item; ``warn`` announces it, ``group`` announces all of one group by one warning."""
+        fixed = Fixed(self._name(item), what)
+        self.fixed.append(fixed)
+        if group is not None:
+            self._fix_groups.setdefault(group, []).append(fixed)
+        elif warn:
+            self._noted.append(fixed)
 
     def _message(self, item: Skipped) -> str:
         return f"{self.dataset}: skipped {item.path}: {item.reason}"
@@ -200,12 +235,24 @@ class ReadReport:
                 ReaderWarning,
                 stacklevel=stacklevel,
             )
-        for item in self._loose[:MAX_INDIVIDUAL_WARNINGS]:
-            warnings.warn(self._message(item), ReaderWarning, stacklevel=stacklevel)
-        rest = len(self._loose) - MAX_INDIVIDUAL_WARNINGS
+        self._warn_each([self._message(item) for item in self._loose], "skipped", stacklevel + 1)
+        for group, fixes in self._fix_groups.items():
+            warnings.warn(
+                f"{self.dataset}: {len(fixes)} {group} (first: {fixes[0].path}: {fixes[0].what}); "
+                "see ReadResult.fixed for every item",
+                ReaderWarning,
+                stacklevel=stacklevel,
+            )
+        self._warn_each([f"{self.dataset}: {f.path}: {f.what}" for f in self._noted], "fixed", stacklevel + 1)
+
+    def _warn_each(self, messages: list[str], kind: str, stacklevel: int) -> None:
+        """One warning per message up to :data:`MAX_INDIVIDUAL_WARNINGS`, then one summary."""
+        for message in messages[:MAX_INDIVIDUAL_WARNINGS]:
+            warnings.warn(message, ReaderWarning, stacklevel=stacklevel)
+        rest = len(messages) - MAX_INDIVIDUAL_WARNINGS
         if rest > 0:
             warnings.warn(
-                f"{self.dataset}: skipped {rest} more items; see ReadResult.skipped for every item",
+                f"{self.dataset}: {kind} {rest} more items; see ReadResult.{kind} for every item",
                 ReaderWarning,
                 stacklevel=stacklevel,
             )
@@ -343,6 +390,45 @@ def describe_folder(root: Path) -> str:
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
     shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
     return f"{len(entries)} entries ({shown})" if entries else "an empty folder"
+
+
+def folder_name(folder: Path, root: Path) -> str:
+    """``'Images/'``: a folder as messages name it, relative to ``root`` (``'./'`` for the root itself)."""
+    name = relative(folder, root)
+    return "'./'" if name == "." else f"'{name}/'"
+
+
+def describe_search(root: Path, max_depth: int = MAX_SEARCH_DEPTH) -> str:
+    """Which folders a reader looked in (for wrong-format errors): the root and its sub-folders."""
+    if not Path(root).is_dir():
+        return f"{root} (no such directory)"
+    below = [folder_name(d, root) for d in candidate_dirs(Path(root), max_depth)[1:]]
+    if not below:
+        return f"{root} (no sub-folders)"
+    shown = ", ".join(below[:8]) + (", ..." if len(below) > 8 else "")
+    return f"{root} and its {len(below)} sub-folders down to {max_depth} levels ({shown})"
+
+
+def drop_identical_images(samples: list[Sample], record: ReadReport) -> list[Sample]:
+    """Byte-identical images of one dataset: kept once when annotated alike (recorded as fixed), all
+    skipped when annotated differently (which annotation is right is unknown). Compares boxes and labels."""
+    by_path = {s.source_path: s for s in samples if s.source_path is not None}
+    drop: set[Path] = set()
+    for group in identical_groups(by_path):
+        first = by_path[group[0]]
+        alike = all(
+            np.array_equal(by_path[p].boxes, first.boxes)
+            and np.array_equal(by_path[p].box_labels, first.box_labels)
+            for p in group[1:]
+        )
+        for path in group if not alike else group[1:]:
+            drop.add(path)
+            others = ", ".join(record.relative(p) for p in group if p != path)
+            if alike:
+                record.fix(path, f"byte-identical to {others} with the same boxes; loaded once", warn=True)
+            else:
+                record.skip(path, f"byte-identical to {others} but annotated differently")
+    return [s for s in samples if s.source_path not in drop]
 
 
 # ------------------------------------------------------------------------------ boxes

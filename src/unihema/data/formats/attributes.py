@@ -25,7 +25,7 @@ labelled again by other annotators) for inter-annotator agreement.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,11 +34,14 @@ import numpy as np
 
 from unihema.data.formats._common import (
     ReadReport,
+    candidate_dirs,
     cell_class_names,
     check_image,
     check_options,
     describe_folder,
+    describe_search,
     parse_tasks,
+    relative,
     split_from_name,
 )
 from unihema.data.formats.base import WrongFormatError, register_reader
@@ -105,13 +108,13 @@ def _csv_header(path: Path) -> list[str]:
 
 
 def find_attribute_csvs(root: Path) -> list[Path]:
-    """Attribute CSVs (not re-annotations) in ``root`` or ``root/submission``, sorted by name."""
+    """Attribute CSVs (not re-annotations), found by their header at or up to two levels below ``root``
+    (WBCAtt keeps them in ``submission/``), sorted by name per folder."""
     found: list[Path] = []
-    for folder in (root, root / "submission"):
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.csv")):
-                if not path.match(REANNOTATION_GLOB) and _header_ok(_csv_header(path)):
-                    found.append(path)
+    for folder in candidate_dirs(Path(root)) if Path(root).is_dir() else []:
+        for path in sorted(folder.glob("*.csv")):
+            if not path.match(REANNOTATION_GLOB) and _header_ok(_csv_header(path)):
+                found.append(path)
     return found
 
 
@@ -191,7 +194,21 @@ class AttributeCsvReader:
     description: ClassVar[str] = (
         "per-cell attribute CSVs (WBCAtt: img_name,label,<11 attributes>,path) joined to images"
     )
+    expects: ClassVar[str] = (
+        f"CSV files with the columns {', '.join(REQUIRED_COLUMNS)} and cell attribute columns (WBCAtt)"
+    )
     priority: ClassVar[int] = 20  # a CSV with this header is unambiguous
+    option_names: ClassVar[tuple[str, ...]] = _OPTIONS
+
+    def explain(self, root: Path, options: Mapping[str, Any] | None = None) -> str | None:
+        """Which CSVs make ``root`` an attribute set, or ``None`` when it has none."""
+        csvs = find_attribute_csvs(Path(root))
+        names = ", ".join(f"'{relative(p, root)}'" for p in csvs)
+        return (
+            f"{len(csvs)} CSV files with {', '.join(REQUIRED_COLUMNS)} and attribute columns ({names})"
+            if csvs
+            else None
+        )
 
     def sniff(self, root: Path) -> bool:
         root = Path(root)
@@ -205,8 +222,8 @@ class AttributeCsvReader:
         csvs = find_attribute_csvs(root)
         if not csvs:
             raise WrongFormatError(
-                f"{root}: expected attribute CSVs with columns {', '.join(REQUIRED_COLUMNS)} and cell attributes "
-                f"(in the folder or its submission/), found {describe_folder(root)}"
+                f"{root}: expected attribute CSVs with columns {', '.join(REQUIRED_COLUMNS)} and cell attributes; "
+                f"looked in {describe_search(root)}, found {describe_folder(root)}"
             )
         name = dataset or "wbcatt"
         # A relative images_root is relative to the dataset root, as for every reader's path options.

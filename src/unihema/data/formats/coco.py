@@ -5,7 +5,8 @@ Annotation files are looked for at the root, in ``annotations/`` and in split fo
 the file name (``instances_val2017.json``, ``test.json``) or its folder (``valid/``).
 Image files are resolved, in order, against: the ``images_root`` option, the json's folder, ``images/``
 beside it, the json's parent folder and ``images/`` there, and ``<parent>/<json stem>`` (COCO's
-``annotations/instances_val2017.json`` + ``val2017/``).
+``annotations/instances_val2017.json`` + ``val2017/``); failing those, by file name in any folder at or up
+to two levels below the dataset root (when exactly one folder holds a file of that name).
 
 Per annotation, optional field-of-view attributes (the 6 LeukemiaAttri attributes) are read from an
 ``attributes`` dict or from top-level keys of the same names; values may be value names or indices. An
@@ -20,7 +21,8 @@ targets and kept in ``Sample.extra["crowd_boxes"]``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,11 @@ from unihema.data.formats._common import (
     dataset_name,
     default_disease,
     describe_folder,
+    describe_search,
+    relative,
     split_from_name,
 )
+from unihema.data.formats._pairing import FolderIndex
 from unihema.data.formats.base import WrongFormatError, register_reader
 from unihema.data.schema import UNKNOWN, FileImage, ReadResult, Sample, Task
 from unihema.data.vocab import FOV_ATTRIBUTES, detection_index, normalize_label
@@ -131,7 +136,18 @@ class CocoReader:
 
     name = "coco"
     description = "COCO json boxes (images / annotations with bbox x,y,w,h / categories, optional attributes)"
+    expects = "a .json file with images, annotations and categories"
     priority = 15
+
+    def explain(self, root: Path, options: Mapping[str, Any] | None = None) -> str | None:
+        """Which json files make ``root`` a COCO set, or ``None`` when it has none."""
+        files = find_coco_files(Path(root))
+        names = ", ".join(f"'{relative(p, root)}'" for p in files[:4]) + (", ..." if len(files) > 4 else "")
+        return (
+            f"{len(files)} json files with COCO images/annotations/categories keys ({names})"
+            if files
+            else None
+        )
 
     def sniff(self, root: Path) -> bool:
         return bool(find_coco_files(Path(root)))
@@ -150,7 +166,8 @@ class CocoReader:
         files = find_coco_files(root)
         if not files:
             raise WrongFormatError(
-                f"{root}: expected a COCO json (with images, annotations and categories), found {describe_folder(root)}"
+                f"{root}: expected a COCO json (with images, annotations and categories); looked in "
+                f"{describe_search(root)}, found {describe_folder(root)}"
             )
         name = dataset_name(root, dataset)
         extra_root = Path(images_root) if images_root is not None else None
@@ -163,6 +180,7 @@ class CocoReader:
             verify=verify_images,
             class_map=class_map or {},
             images_root=extra_root,
+            index=FolderIndex(root),
         )
         samples: list[Sample] = []
         seen: set[int] = set()
@@ -177,9 +195,24 @@ class _CocoContext(ReadContext):
 
     Attributes:
         images_root: folder tried first for each ``file_name`` (absolute), or ``None``.
+        index: the folders searched for a ``file_name`` found in none of the usual places.
     """
 
     images_root: Path | None = None
+    index: FolderIndex | None = None
+    _by_name: dict[str, list[Path]] = field(default_factory=dict, repr=False)
+
+    def find_elsewhere(self, file_name: str) -> Path | None:
+        """The one file named like ``file_name``'s last part (``/`` or ``\\`` separated) in the searched
+        folders, else ``None``."""
+        if self.index is None:
+            return None
+        if not self._by_name:  # listed once per read, on the first image not found in the usual places
+            for folder in self.index.dirs:
+                for path in self.index.files(folder):
+                    self._by_name.setdefault(path.name, []).append(path)
+        found = self._by_name.get(file_name.replace("\\", "/").rsplit("/", 1)[-1], [])
+        return found[0] if len(found) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -243,6 +276,8 @@ def _read_image(context: _CocoContext, coco_file: _CocoFile, info: dict[str, Any
         record.skip(item, "image entry has no file_name")
         return None
     image = next((d / file_name for d in coco_file.image_dirs if (d / file_name).is_file()), None)
+    if image is None:
+        image = context.find_elsewhere(file_name)
     if image is None:
         record.skip(item, f"image file {file_name} not found")
         return None

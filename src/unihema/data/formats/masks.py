@@ -1,20 +1,32 @@
 """Image + mask pair reader for binary segmentation (segmentation_wbc, bccd_nucleus_masks).
 
-Pairs are found (at the root or up to two levels below it) as:
+Masks may be any image PIL reads (PNG, TIFF, BMP; JPEG with a warning that lossy masks have noisy labels).
+Pairs are found at the root or up to two levels below it, in this order:
 
-- an image and a PNG mask with the same stem in one folder (``001.bmp`` + ``001.png``), or a mask named
-  ``<stem>_mask.png`` / ``<stem>_gt.png``;
-- ``images/`` and ``masks/`` folders with the same stems;
 - masks only, with the images in another folder given by ``images_root`` (``bccd_nucleus_masks`` masks the
-  BCCD images in ``../bccd/BCCD/JPEGImages``, its default). A mask whose image is missing is skipped.
+  BCCD images in ``../bccd/BCCD/JPEGImages``, its default). A mask whose image is missing is skipped;
+- ``images/`` and ``masks/`` (or ``mask/``, ``gt/``, ``ground_truth/``) folders with the same stems;
+- an image and a PNG mask with the same stem in one folder (``001.bmp`` + ``001.png``), or a mask named
+  ``<stem>_mask`` / ``<stem>_gt`` / ``<stem>_label`` in any lossless format;
+- any two folders whose files share stems, one of them holding masks, told apart by content: a mask has
+  few distinct colours (:func:`~unihema.data.formats.mask_values.looks_like_mask`); JPEG masks, whose
+  colours are noisy, count when their folder is named like masks (``gt``, ``masks``, ``Ground Truth``).
+  E.g. images in ``My Dataset/`` and masks in ``gt/``. The split comes from a folder name, if any.
 
-``mapping`` says which grey values are foreground (RGBA masks: see :func:`unihema.data.schema.mask_to_grey`):
+What the mask values mean (see :mod:`unihema.data.formats.mask_values`): foreground is "not background".
+``mapping`` reads grey masks (RGBA masks: see :func:`unihema.data.schema.mask_to_grey`):
 
-- ``"nonzero"``: any value > 0 (binary masks, 1-bit PNGs);
+- ``"nonzero"``: any value > 0 (binary masks, 1-bit PNGs): background is black;
 - ``"cell"``: 3-level masks 0 / 128 / 255 (background / cytoplasm / nucleus), foreground = cytoplasm or
   nucleus, i.e. values nearer to 128 or 255 than to 0 (stray editing values snap to the nearest level);
 - ``"nucleus"``: the same 3-level masks, foreground = values nearer to 255 than to 128;
 - a sequence of ints: exactly those values.
+
+``colour_map`` reads colour-coded masks instead: ``{"nucleus": [0, 255, 255], "cytoplasm": [0, 0, 255],
+"background": [255, 255, 255]}`` makes every pixel that is not background-coloured foreground (or only the
+classes ``foreground`` names); colours not in the map are warned about, naming the file and the colours,
+and read as background (``unknown_colours``: ``"background"``, ``"foreground"`` or ``"skip"``). With a
+colour map every mask is decoded once at read time to check its colours.
 
 Per-image class labels come from a CSV beside the pair folder whose name contains the folder's name
 (``Class Labels of Dataset 1.csv`` for ``Dataset 1/``): columns image id, class; numeric ids match
@@ -30,28 +42,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from unihema.data.formats._common import (
-    IMAGE_EXTENSIONS,
+    OptionError,
     ReadContext,
     ReadReport,
-    candidate_dirs,
     check_image,
     dataset_name,
     default_disease,
     describe_folder,
+    describe_search,
+    folder_name,
+    split_from_path,
 )
 from unihema.data.formats.base import WrongFormatError, register_reader
+from unihema.data.formats.mask_pairs import (  # re-exported: their import path was this module
+    MASK_DIRS,
+    MASK_EXTENSION,
+    MASK_SUFFIXES,
+    MIN_PAIRED_FRACTION,
+    MaskPair,
+    find_pairs,
+)
+from unihema.data.formats.mask_values import (
+    LOSSY_THRESHOLD,
+    ColourMap,
+    ColourMask,
+    check_colours,
+    check_grey_levels,
+    is_lossy,
+    parse_colour_map,
+)
 from unihema.data.formats.voc import read_split_lists
-from unihema.data.schema import FileImage, FileMask, ReadResult, Sample, Task, mask_to_grey
+from unihema.data.schema import FileImage, FileMask, ReadResult, Sample, Task
 from unihema.data.vocab import CELL_CLASSES, cell_index
 
-MASK_EXTENSION = ".png"
-MASK_SUFFIXES = ("_mask", "_gt", "_label")
-MASK_DIRS = ("masks", "mask", "gt", "ground_truth")
-MIN_PAIRED_FRACTION = 0.5  # share of a folder's image files that must form pairs for it to count
 THREE_LEVELS = (0, 128, 255)
 MAPPING_THRESHOLDS: dict[str, int] = {
     "nonzero": 1,
@@ -59,6 +83,7 @@ MAPPING_THRESHOLDS: dict[str, int] = {
     "nucleus": 192,  # midpoint of cytoplasm 128 and nucleus 255
 }
 MAPPING_LEVELS: dict[str, tuple[int, ...]] = {"cell": THREE_LEVELS, "nucleus": THREE_LEVELS}
+LOSSY_GROUP = "lossy (JPEG) masks: compression leaves noisy labels near edges"
 
 
 @dataclass(frozen=True)
@@ -94,89 +119,6 @@ KNOWN_LAYOUTS: dict[str, KnownMaskLayout] = {
         mapping="nonzero", images_root="../bccd/BCCD/JPEGImages", split_lists_from_images=True
     ),
 }
-
-
-@dataclass(frozen=True)
-class MaskPair:
-    """A mask and its image; either may be ``None`` when the other has no partner (reported as skipped)."""
-
-    mask: Path | None
-    image: Path | None
-    group: Path  # folder the mask (or the unpaired image) was found in
-
-    @property
-    def stem(self) -> str:
-        return (self.mask or self.image).stem  # type: ignore[union-attr]
-
-
-def _image_files(folder: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and p.suffix.lower() != MASK_EXTENSION:
-            files.setdefault(p.stem, p)
-    return files
-
-
-def _pngs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == MASK_EXTENSION)
-
-
-def _pairs_in_folder(folder: Path) -> list[MaskPair]:
-    """Same-folder pairs: ``X.<img>`` + ``X.png`` or ``X.<ext>`` + ``X_mask.png`` (most files must pair)."""
-    images = _image_files(folder)
-    all_images = {
-        p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    }
-    pairs = []
-    for png in _pngs(folder):
-        image = images.get(png.stem)
-        if image is None:
-            for suffix in MASK_SUFFIXES:
-                if png.stem.endswith(suffix):
-                    image = all_images.get(png.stem[: -len(suffix)])
-                    break
-        if image is not None:
-            pairs.append(MaskPair(png, image, folder))
-    n_files = len(all_images)
-    # A folder of images that merely contains a few same-stem PNGs is not a mask dataset.
-    if not pairs or 2 * len(pairs) < MIN_PAIRED_FRACTION * n_files:
-        return []
-    paired = {p.image for p in pairs} | {p.mask for p in pairs}
-    unpaired = [MaskPair(None, img, folder) for img in images.values() if img not in paired]
-    return sorted(pairs + unpaired, key=lambda p: p.stem)
-
-
-def find_pairs(root: Path, images_root: Path | None) -> list[MaskPair]:
-    """Mask/image pairs at or below ``root`` (see the module docstring for the layouts).
-
-    Masks without an image and images without a mask come back with ``None`` in place of the missing file
-    (except images of a separate ``images_root``, which may belong to a larger dataset).
-    """
-    root = Path(root)
-    if images_root is not None:
-        if not images_root.is_dir():
-            return []
-        images = _image_files(images_root)
-        pairs = []
-        for folder in candidate_dirs(root):
-            for png in _pngs(folder):
-                pairs.append(MaskPair(png, images.get(png.stem), folder))
-        return pairs
-    for folder in candidate_dirs(root):
-        image_dir = folder / "images"
-        mask_dir = next((folder / d for d in MASK_DIRS if (folder / d).is_dir()), None)
-        if image_dir.is_dir() and mask_dir is not None:
-            images = _image_files(image_dir) | {p.stem: p for p in _pngs(image_dir)}
-            masks = {m.stem: m for m in _pngs(mask_dir)}
-            found = [
-                MaskPair(masks.get(s), images.get(s), mask_dir) for s in sorted(set(images) | set(masks))
-            ]
-            if any(p.image is not None and p.mask is not None for p in found):
-                return found
-    pairs = []
-    for folder in candidate_dirs(root):
-        pairs.extend(_pairs_in_folder(folder))
-    return pairs
 
 
 def _read_class_csv(path: Path) -> tuple[dict[str, str], list[str]]:
@@ -215,14 +157,41 @@ def _class_csv_for(group: Path, root: Path) -> Path | None:
 def _foreground(mapping: str | Sequence[int]) -> dict[str, Any]:
     if isinstance(mapping, str):
         if mapping not in MAPPING_THRESHOLDS:
-            raise ValueError(
-                f"mapping={mapping!r}: expected one of {sorted(MAPPING_THRESHOLDS)} or a list of values"
+            raise OptionError(
+                "mapping",
+                f"mapping={mapping!r}: expected one of {sorted(MAPPING_THRESHOLDS)} or a list of values",
             )
         return {"threshold": MAPPING_THRESHOLDS[mapping]}
-    values = tuple(int(v) for v in mapping)
+    try:
+        values = tuple(int(v) for v in mapping)
+    except (TypeError, ValueError):
+        values = ()
     if not values or any(not 0 <= v <= 255 for v in values):
-        raise ValueError(f"mapping={mapping!r}: foreground values must be a non-empty list of 0..255")
+        raise OptionError(
+            "mapping", f"mapping={mapping!r}: foreground values must be a non-empty list of 0..255"
+        )
     return {"foreground": values}
+
+
+def _colour_options(
+    colour_map: Any, foreground: Any, unknown_colours: str | None, mapping: Any
+) -> ColourMap | None:
+    """The validated colour map, or ``None`` for grey masks; ``OptionError`` for options that clash."""
+    if colour_map is None:
+        for option, value in (("foreground", foreground), ("unknown_colours", unknown_colours)):
+            if value is not None:
+                raise OptionError(option, f"{option} applies to colour masks only: give colour_map too")
+        return None
+    if mapping is not None:
+        raise OptionError("colour_map", "give mapping (grey values) or colour_map (colours), not both")
+    return parse_colour_map(colour_map, foreground, unknown_colours or "background")
+
+
+def _images_dir(root: Path, images_root: str | Path | None) -> Path | None:
+    if images_root is None:
+        return None
+    folder = Path(images_root) if Path(images_root).is_absolute() else root / images_root
+    return folder.resolve()
 
 
 @register_reader
@@ -230,9 +199,14 @@ class MaskReader:
     """Image + mask pairs.
 
     Options of :meth:`read`:
-        mapping: which mask values are foreground: ``"nonzero"``, ``"cell"``, ``"nucleus"`` or a list of
-            values (default: the dataset's known mapping, ``"cell"`` for ``segmentation_wbc``, else
+        mapping: which grey mask values are foreground: ``"nonzero"``, ``"cell"``, ``"nucleus"`` or a list
+            of values (default: the dataset's known mapping, ``"cell"`` for ``segmentation_wbc``, else
             ``"nonzero"``).
+        colour_map: class name -> colour of colour-coded masks, with a ``background`` entry (default None:
+            grey masks read through ``mapping``); see the module docstring.
+        foreground: the ``colour_map`` classes that are foreground (default: all but ``background``).
+        unknown_colours: what a colour not in ``colour_map`` is: ``"background"`` (default),
+            ``"foreground"`` or ``"skip"`` (the mask is skipped).
         images_root: folder of the images when the root holds masks only, relative to the root or absolute
             (default: ``../bccd/BCCD/JPEGImages`` for ``bccd_nucleus_masks``, else None).
         classification: also emit a single-cell classification sample per image with a CSV class label
@@ -245,16 +219,33 @@ class MaskReader:
     """
 
     name = "masks"
-    description = (
-        "image + mask pairs for binary segmentation (same-stem PNG masks, images/ + masks/, images_root)"
+    description = "image + mask pairs for binary segmentation (any two folders or one; grey or colour masks)"
+    expects = (
+        "image + mask pairs: masks (PNG, TIFF or BMP of few colours, or JPEG in a folder named like masks) "
+        "with images of the same stems, in one folder or two"
     )
     priority = 30
 
-    def sniff(self, root: Path) -> bool:
+    def explain(self, root: Path, options: Mapping[str, Any] | None = None) -> str | None:
+        """Which mask and image folders pair in ``root``, or ``None`` when none do."""
         root = Path(root)
+        given = (options or {}).get("images_root")
         known = KNOWN_LAYOUTS.get(dataset_name(root, None))
-        images_root = root / known.images_root if known and known.images_root else None
-        return any(p.image is not None and p.mask is not None for p in find_pairs(root, images_root))
+        image_dir = _images_dir(root, given if given is not None else known.images_root if known else None)
+        complete = [p for p in find_pairs(root, image_dir) if p.image is not None and p.mask is not None]
+        folders: dict[tuple[Path, Path], int] = {}
+        for pair in complete:
+            key = (pair.mask.parent, pair.image.parent)  # type: ignore[union-attr]
+            folders[key] = folders.get(key, 0) + 1
+        described = [
+            f"{count} masks in {folder_name(masks, root)} paired by stem with images "
+            + ("beside them" if masks == images else f"in {folder_name(images, root)}")
+            for (masks, images), count in folders.items()
+        ]
+        return "; ".join(described) or None
+
+    def sniff(self, root: Path) -> bool:
+        return self.explain(root) is not None
 
     def read(
         self,
@@ -262,6 +253,9 @@ class MaskReader:
         dataset: str | None = None,
         *,
         mapping: str | Sequence[int] | None = None,
+        colour_map: Mapping[str, Any] | None = None,
+        foreground: str | Sequence[str] | None = None,
+        unknown_colours: str | None = None,
         images_root: str | Path | None = None,
         classification: bool = False,
         disease: str | None = None,
@@ -271,22 +265,18 @@ class MaskReader:
         root = Path(root)
         name = dataset_name(root, dataset)
         known = KNOWN_LAYOUTS.get(name, KnownMaskLayout())
-        mapping = mapping if mapping is not None else known.mapping
-        foreground = _foreground(mapping)
-        if images_root is None and known.images_root is not None:
-            images_root = known.images_root
-        image_dir = None
-        if images_root is not None:
-            image_dir = Path(images_root) if Path(images_root).is_absolute() else root / images_root
-            image_dir = image_dir.resolve()
-            if not image_dir.is_dir():
-                raise FileNotFoundError(
-                    f"{root}: images_root {image_dir} is not a folder (pass images_root=...)"
-                )
+        colours = _colour_options(colour_map, foreground, unknown_colours, mapping)
+        mapping = "colour_map" if colours is not None else mapping if mapping is not None else known.mapping
+        grey_foreground = _foreground(mapping) if colours is None else {}
+        image_dir = _images_dir(root, images_root if images_root is not None else known.images_root)
+        if image_dir is not None and not image_dir.is_dir():
+            raise FileNotFoundError(f"{root}: images_root {image_dir} is not a folder (pass images_root=...)")
         pairs = find_pairs(root, image_dir)
         if not any(p.image is not None and p.mask is not None for p in pairs):
-            expected = f"PNG masks whose images are in {image_dir}" if image_dir else "image + PNG mask pairs"
-            raise WrongFormatError(f"{root}: expected {expected}, found {describe_folder(root)}")
+            expected = f"masks whose images are in {image_dir}" if image_dir else self.expects
+            raise WrongFormatError(
+                f"{root}: expected {expected}; looked in {describe_search(root)}, found {describe_folder(root)}"
+            )
         record = ReadReport(name, root, warn_at_once=True)
         split_of: dict[str, str] = {}
         if use_split_lists and known.split_lists_from_images and image_dir is not None:
@@ -297,7 +287,8 @@ class MaskReader:
             verify=verify_images,
             split_of=split_of,
             mapping=mapping,
-            foreground=foreground,
+            foreground=grey_foreground,
+            colours=colours,
             class_codes=known.class_codes,
             class_labels=_class_labels(record, pairs),
         )
@@ -306,7 +297,7 @@ class MaskReader:
         for pair in pairs:
             if pair.mask is None:
                 assert pair.image is not None
-                record.skip(pair.image, f"image has no mask {pair.image.stem}.png")
+                record.skip(pair.image, f"image has no mask {pair.image.stem}.*")
                 continue
             if pair.image is None:
                 where_images = record.relative(image_dir if image_dir is not None else pair.group)
@@ -340,14 +331,17 @@ class _MaskContext(ReadContext):
     """The shared read context plus how masks and class labels are read.
 
     Attributes:
-        mapping: the ``mapping`` option (which mask values are foreground), kept in ``Sample.extra``.
+        mapping: the ``mapping`` option (which mask values are foreground), kept in ``Sample.extra``;
+            ``"colour_map"`` when ``colours`` is given.
         foreground: the :class:`~unihema.data.schema.FileMask` arguments ``mapping`` stands for.
+        colours: the validated ``colour_map`` option, or ``None`` for grey masks.
         class_codes: CSV class code -> cell class name (empty when the CSV holds names).
         class_labels: pair folder -> normalised image id -> CSV class label.
     """
 
     mapping: str | Sequence[int] = "nonzero"
     foreground: Mapping[str, Any] = field(default_factory=dict)
+    colours: ColourMap | None = None
     class_codes: Mapping[str, str] = field(default_factory=dict)
     class_labels: Mapping[Path, Mapping[str, str]] = field(default_factory=dict)
 
@@ -373,6 +367,33 @@ def _class_labels(record: ReadReport, pairs: list[MaskPair]) -> dict[Path, dict[
     return labels
 
 
+def _mask_ref(context: _MaskContext, mask: Path) -> FileMask | ColourMask:
+    """The lazy mask of one file; a lossy mask is read as the nearest level or colour (recorded once)."""
+    lossy = is_lossy(mask)
+    colours = context.colours
+    if lossy:
+        how = (
+            "each pixel read as the nearest colour of colour_map"
+            if colours is not None
+            else f"foreground read as values >= {LOSSY_THRESHOLD}"
+            if context.mapping == "nonzero"
+            else f"read through mapping {context.mapping!r}"
+        )
+        context.record.fix(mask, f"lossy JPEG mask: labels are noisy near edges; {how}", group=LOSSY_GROUP)
+    if colours is not None:
+        return ColourMask(
+            mask,
+            foreground=colours.foreground_colours(),
+            known=tuple(colours.colours.values()),
+            background=colours.background,
+            unknown_foreground=colours.unknown == "foreground",
+            nearest=lossy,
+        )
+    if lossy and context.mapping == "nonzero":
+        return FileMask(mask, threshold=LOSSY_THRESHOLD)
+    return FileMask(mask, **context.foreground)
+
+
 def _pair_sample(context: _MaskContext, pair: MaskPair) -> Sample | None:
     """The segmentation sample of one image + mask pair, or ``None`` (recorded as skipped)."""
     assert pair.image is not None and pair.mask is not None
@@ -392,8 +413,13 @@ def _pair_sample(context: _MaskContext, pair: MaskPair) -> Sample | None:
     extra: dict[str, Any] = {"mask_path": pair.mask, "mapping": context.mapping}
     if pair.group != record.root:
         extra["group"] = record.relative(pair.group)
-    if context.verify:
-        _check_levels(context, pair.mask, extra)
+    if context.colours is not None:
+        extra["colour_map"] = context.colours.describe()
+        if not check_colours(record, pair.mask, context.colours, extra):
+            return None
+    elif context.verify:
+        levels = MAPPING_LEVELS.get(context.mapping) if isinstance(context.mapping, str) else None
+        check_grey_levels(record, pair.mask, context.mapping, levels, extra)
     label = context.class_labels.get(pair.group, {}).get(_normal_id(pair.mask.stem))
     if label is not None:
         class_name = context.class_codes.get(label, label)
@@ -409,33 +435,27 @@ def _pair_sample(context: _MaskContext, pair: MaskPair) -> Sample | None:
         task=Task.SEGMENTATION,
         dataset=context.dataset,
         sample_id=image_rel if not image_rel.startswith("/") else where,
-        split=context.split_of.get(pair.image.stem),
+        split=context.split_of.get(pair.image.stem)
+        or split_from_path(pair.group, record.root)
+        or split_from_path(pair.mask.parent, record.root),
         disease=context.disease,
-        mask=FileMask(pair.mask, **context.foreground),
+        mask=_mask_ref(context, pair.mask),
         image_size=size,
         source_path=pair.image,
         extra=extra,
     )
 
 
-def _check_levels(context: _MaskContext, mask: Path, extra: dict[str, Any]) -> None:
-    """Note an empty mask; record RGBA masks and values off the expected levels as fixed."""
-    record, where, mapping = context.record, context.record.relative(mask), context.mapping
-    with Image.open(mask) as im:
-        mode = im.mode
-        grey = mask_to_grey(im)
-    if mode in ("RGBA", "LA"):
-        record.fix(where, f"{mode} mask read as the brightest colour channel where alpha > 0")
-    values, counts = np.unique(grey, return_counts=True)
-    if values.size == 1 and values[0] == 0:
-        extra["empty_mask"] = True
-    levels = MAPPING_LEVELS.get(mapping) if isinstance(mapping, str) else None
-    if levels is None:
-        return
-    stray = ~np.isin(values, levels)
-    if stray.any():
-        listed = ", ".join(str(v) for v in values[stray].tolist())
-        record.fix(
-            where,
-            f"stray mask values {listed} ({int(counts[stray].sum())} px) snapped to the nearest of {levels}",
-        )
+__all__ = [
+    "KNOWN_LAYOUTS",
+    "MAPPING_LEVELS",
+    "MAPPING_THRESHOLDS",
+    "MASK_DIRS",
+    "MASK_EXTENSION",
+    "MASK_SUFFIXES",
+    "MIN_PAIRED_FRACTION",
+    "KnownMaskLayout",
+    "MaskPair",
+    "MaskReader",
+    "find_pairs",
+]

@@ -5,6 +5,10 @@ Layout::
     <root>/Dataset/<id>.jpg      smear images (640x480 for Chula RBC-12)
     <root>/Label/<id>.txt        one line per cell: ``x y class`` (integer pixels, class id)
 
+Other folder names work too: any folder (at the root or up to two levels below it) whose text files start
+with ``x y class`` lines is a label folder, paired by stem with the folder whose images match the most of
+them (see :mod:`unihema.data.formats._pairing`).
+
 Every point becomes a ``classification`` sample whose image is a ``crop_size`` square crop of the smear
 centred on the point (:class:`~unihema.data.schema.FileImage` with ``crop=``; nothing is decoded at read
 time). The points themselves are kept for point-supervised detection: ``extra["point"]`` (x, y in the
@@ -39,13 +43,16 @@ import numpy as np
 
 from unihema.data.formats._common import (
     IMAGE_EXTENSIONS,
+    OptionError,
     ReadContext,
     ReadReport,
     cell_class_names,
     check_image,
     check_options,
     describe_folder,
+    describe_search,
 )
+from unihema.data.formats._pairing import SNIFF_FILES, FolderIndex, FolderPairing
 from unihema.data.formats.base import WrongFormatError, register_reader
 from unihema.data.schema import FileImage, ReadResult, Sample, Task
 from unihema.data.vocab import cell_index
@@ -85,9 +92,26 @@ def _looks_like_points(label_dir: Path) -> bool:
         if not _LINE_RE.match(line):
             return False
         checked += 1
-        if checked >= 3:
+        if checked >= SNIFF_FILES:
             break
     return checked > 0
+
+
+def find_point_folders(root: Path) -> FolderPairing | None:
+    """The label folder and its image folder: ``Dataset/`` + ``Label/`` (and the other names of
+    :data:`IMAGE_DIR_NAMES` / :data:`LABEL_DIR_NAMES`) first, else by content and pairing."""
+    root = Path(root)
+    index = FolderIndex(root)
+    image_dir, label_dir = _find_dir(root, IMAGE_DIR_NAMES), _find_dir(root, LABEL_DIR_NAMES)
+    if image_dir is not None and label_dir is not None and _looks_like_points(label_dir):
+        stems = {p.stem for p in index.files(label_dir, (".txt",))}
+        return FolderPairing(label_dir, image_dir, len(stems), len(stems & set(index.images(image_dir))))
+    for folder in index.dirs:
+        if index.files(folder, (".txt",)) and _looks_like_points(folder):
+            pairing = index.image_folder_for(folder, {p.stem for p in index.files(folder, (".txt",))})
+            if pairing is not None:
+                return pairing
+    return None
 
 
 @register_reader
@@ -104,29 +128,39 @@ class PointReader:
 
     name: ClassVar[str] = "points"
     description: ClassVar[str] = (
-        "point annotations (Label/<id>.txt lines 'x y class') cropped to single cells"
+        "point annotations ('x y class' text files paired by stem with images) cropped to single cells"
+    )
+    expects: ClassVar[str] = (
+        "text files of 'x y class' lines and images of the same stems, in one folder or two"
     )
     priority: ClassVar[int] = 40
+    option_names: ClassVar[tuple[str, ...]] = _OPTIONS
+
+    def explain(self, root: Path, options: Mapping[str, Any] | None = None) -> str | None:
+        """Which folders make ``root`` a point-annotated set, or ``None`` when it is not one."""
+        pairing = find_point_folders(Path(root))
+        return None if pairing is None else pairing.describe("label files of 'x y class' lines", Path(root))
 
     def sniff(self, root: Path) -> bool:
-        root = Path(root)
-        image_dir, label_dir = _find_dir(root, IMAGE_DIR_NAMES), _find_dir(root, LABEL_DIR_NAMES)
-        return image_dir is not None and label_dir is not None and _looks_like_points(label_dir)
+        return find_point_folders(Path(root)) is not None
 
     def read(self, root: Path, dataset: str | None = None, **options: Any) -> ReadResult:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: not a directory")
         check_options(options, _OPTIONS, "points")
-        image_dir, label_dir = _find_dir(root, IMAGE_DIR_NAMES), _find_dir(root, LABEL_DIR_NAMES)
-        if image_dir is None or label_dir is None or not _looks_like_points(label_dir):
+        pairing = find_point_folders(root)
+        if pairing is None:
             raise WrongFormatError(
-                f"{root}: expected Dataset/ images and Label/<id>.txt files of 'x y class' lines, found "
-                f"{describe_folder(root)}"
+                f"{root}: expected point annotations ({self.expects}, e.g. Dataset/ + Label/); looked in "
+                f"{describe_search(root)}, found {describe_folder(root)}"
             )
+        image_dir, label_dir = pairing.images, pairing.annotations
         crop_size = options.get("crop_size", DEFAULT_CROP_SIZE)
         if not isinstance(crop_size, int) or isinstance(crop_size, bool) or crop_size < 1:
-            raise ValueError(f"points reader: crop_size must be a positive integer, got {crop_size!r}")
+            raise OptionError(
+                "crop_size", f"points reader: crop_size must be a positive integer, got {crop_size!r}"
+            )
         class_names: Mapping[int, str] = options.get("class_names") or CHULA_CLASSES
         class_index = {cid: cell_index(name) for cid, name in class_names.items()}
         name = dataset or ("chula_rbc12" if class_names is CHULA_CLASSES else root.name)

@@ -1,8 +1,17 @@
-"""Pascal VOC reader: ``Annotations/*.xml`` + ``JPEGImages/`` (+ ``ImageSets/Main/{train,val,test}.txt``).
+"""Pascal VOC reader: XML files with an ``<annotation>`` root paired with their images by file stem.
 
-Used for BCCD. The VOC folder may be the given root or sit up to two levels below it (``bccd/BCCD/``).
+Used for BCCD (``Annotations/*.xml`` + ``JPEGImages/`` + ``ImageSets/Main/{train,val,test}.txt``). The files
+are found by content, not by folder names (see :mod:`unihema.data.formats._pairing`): any folder at or up
+to three levels below the root (a VOC folder two levels down and its annotation folder) whose XML files
+have an ``<annotation>`` root is an annotation folder (a folder named ``Annotations/`` always is), and its images are in ``JPEGImages/`` beside it when that exists,
+else in the folder whose images share the most stems with the XML files (or with their ``<filename>``
+fields), e.g. ``XML Files/`` + ``Images/``. Split lists are read from ``ImageSets/Main/`` beside the
+annotation folder; without them the split comes from a folder name (``train/``, ``Test/``) when there is one.
+
 Coordinates are read as absolute xyxy pixels; ``<size>`` gives the image size without decoding the image.
-The ``<path>`` element is ignored (it holds the labelling machine's absolute path).
+The ``<path>`` element is ignored (it holds the labelling machine's absolute path). A ``<filename>`` that
+names no file is resolved by the XML file's stem (recorded as fixed). Byte-identical images are loaded once
+when annotated alike and skipped when not (see :func:`~unihema.data.formats._common.drop_identical_images`).
 """
 
 from __future__ import annotations
@@ -16,18 +25,22 @@ from typing import Any
 import numpy as np
 
 from unihema.data.formats._common import (
+    MAX_SEARCH_DEPTH,
     ReadContext,
     ReadReport,
     annotated,
-    candidate_dirs,
     check_image,
     clean_boxes,
     dataset_name,
     default_disease,
     describe_folder,
+    describe_search,
+    drop_identical_images,
     find_image,
     list_images,
+    split_from_path,
 )
+from unihema.data.formats._pairing import SNIFF_FILES, FolderIndex, FolderPairing
 from unihema.data.formats.base import WrongFormatError, register_reader
 from unihema.data.schema import FileImage, ReadResult, Sample, Task
 from unihema.data.vocab import detection_index
@@ -51,14 +64,87 @@ KNOWN_ISSUES: dict[str, dict[str, str]] = {
 """Known annotation errors per dataset and image id; kept in ``Sample.extra["annotation_issue"]``."""
 
 
+FILENAME_SAMPLE = 20
+"""XML files whose ``<filename>`` is read to pair the folders when the file stems do not pair."""
+ROOT_TAG = "annotation"
+
+
+def root_tag(path: Path) -> str | None:
+    """The root element's tag of an XML file, reading only up to it (``None`` when unreadable)."""
+    try:
+        for _, element in ET.iterparse(path, events=("start",)):
+            return element.tag
+    except (ET.ParseError, OSError):
+        return None
+    return None
+
+
+def _filename_stems(xml_files: list[Path]) -> set[str]:
+    stems = set()
+    for path in xml_files[:FILENAME_SAMPLE]:
+        try:
+            name = (ET.parse(path).getroot().findtext("filename") or "").strip()
+        except (ET.ParseError, OSError):
+            continue
+        if name:
+            stems.add(Path(name).stem)
+    return stems
+
+
+@dataclass(frozen=True)
+class VocSet:
+    """One folder of VOC XML files and the folder of their images.
+
+    Attributes:
+        pairing: the annotation folder, the image folder and how many XML files have an image.
+        base: the folder whose ``ImageSets/Main/`` holds the split lists (the annotation folder's parent).
+    """
+
+    pairing: FolderPairing
+    base: Path
+
+    @property
+    def annotations(self) -> Path:
+        return self.pairing.annotations
+
+    @property
+    def images(self) -> Path:
+        return self.pairing.images
+
+
+def find_voc_sets(root: Path) -> list[VocSet]:
+    """The VOC annotation folders at or below ``root`` with their image folders (module docstring)."""
+    # One level deeper than other readers: a VOC folder two levels down keeps its XML files one further.
+    index = FolderIndex(Path(root), MAX_SEARCH_DEPTH + 1)
+    sets = []
+    for folder in index.dirs:
+        xml_files = index.files(folder, (".xml",))
+        if not xml_files:
+            continue
+        named = folder.name == ANNOTATIONS_DIR
+        if not named and not any(root_tag(p) == ROOT_TAG for p in xml_files[:SNIFF_FILES]):
+            continue
+        stems = {p.stem for p in xml_files}
+        conventional = folder.parent / IMAGES_DIR
+        if conventional.is_dir():
+            paired = len(stems & set(index.images(conventional)))
+            pairing: FolderPairing | None = FolderPairing(folder, conventional, len(stems), paired)
+        else:
+            pairing = index.image_folder_for(folder, stems)
+            if pairing is None:
+                by_filename = index.image_folder_for(folder, _filename_stems(xml_files))
+                if by_filename is not None:
+                    pairing = FolderPairing(folder, by_filename.images, len(stems), by_filename.paired)
+        if pairing is None and named:  # the VOC folder names: the XML files are reported one by one
+            pairing = FolderPairing(folder, conventional, len(stems), 0)
+        if pairing is not None:
+            sets.append(VocSet(pairing, folder.parent))
+    return sets
+
+
 def find_voc_roots(root: Path) -> list[Path]:
-    """Folders at or below ``root`` holding ``Annotations/`` with at least one ``.xml`` file."""
-    roots = []
-    for folder in candidate_dirs(Path(root)):
-        ann = folder / ANNOTATIONS_DIR
-        if ann.is_dir() and any(p.suffix.lower() == ".xml" for p in ann.iterdir()):
-            roots.append(folder)
-    return roots
+    """Folders holding the annotation folders of :func:`find_voc_sets` (their split lists' base)."""
+    return [voc_set.base for voc_set in find_voc_sets(root)]
 
 
 def read_split_lists(voc_root: Path) -> tuple[dict[str, str], list[str]]:
@@ -155,11 +241,17 @@ class VocReader:
     """
 
     name = "voc"
-    description = "Pascal VOC XML boxes (Annotations/*.xml + JPEGImages/, ImageSets/Main split lists)"
+    description = "Pascal VOC XML boxes (<annotation> XML files paired by stem with images, any folders)"
+    expects = "XML files with an <annotation> root and images of the same stems, in any one or two folders"
     priority = 10
 
+    def explain(self, root: Path, options: Mapping[str, Any] | None = None) -> str | None:
+        """Which files make ``root`` a VOC set, or ``None`` when it is not one."""
+        sets = find_voc_sets(Path(root))
+        return "; ".join(s.pairing.describe("XML files with <annotation> roots", root) for s in sets) or None
+
     def sniff(self, root: Path) -> bool:
-        return bool(find_voc_roots(Path(root)))
+        return self.explain(root) is not None
 
     def read(
         self,
@@ -172,10 +264,11 @@ class VocReader:
         use_split_lists: bool = True,
     ) -> ReadResult:
         root = Path(root)
-        voc_roots = find_voc_roots(root)
-        if not voc_roots:
+        voc_sets = find_voc_sets(root)
+        if not voc_sets:
             raise WrongFormatError(
-                f"{root}: expected a Pascal VOC folder with Annotations/*.xml, found {describe_folder(root)}"
+                f"{root}: expected a Pascal VOC folder ({self.expects}); looked in {describe_search(root)}, "
+                f"found {describe_folder(root)}"
             )
         name = dataset_name(root, dataset)
         record = ReadReport(name, root, warn_at_once=True)
@@ -187,33 +280,34 @@ class VocReader:
             issues=KNOWN_ISSUES.get(name, {}),
         )
         samples: list[Sample] = []
-        seen_labels: set[int] = set()
-        for voc_root in voc_roots:
+        for voc_set in voc_sets:
             split_of: dict[str, str] = {}
             if use_split_lists:
-                split_of, conflicts = read_split_lists(voc_root)
+                split_of, conflicts = read_split_lists(voc_set.base)
                 for image_id in conflicts:
                     record.fix(
-                        voc_root / SPLIT_LIST_DIR,
+                        voc_set.base / SPLIT_LIST_DIR,
                         f"{image_id} is in several split lists: put in {split_of[image_id]}",
                     )
-            voc_context = replace(context, split_of=split_of)
-            image_dir = voc_root / IMAGES_DIR
+            voc_context = replace(
+                context, split_of=split_of, folder_split=split_from_path(voc_set.annotations, root)
+            )
+            image_dir, xml_dir = voc_set.images, voc_set.annotations
             used_images: set[Path] = set()
-            for xml_path in sorted((voc_root / ANNOTATIONS_DIR).glob("*.xml")):
+            for xml_path in sorted(
+                p for p in xml_dir.iterdir() if p.is_file() and p.suffix.lower() == ".xml"
+            ):
                 sample = _read_annotation(voc_context, xml_path, image_dir)
                 if sample is None:
                     continue
                 used_images.add(sample.source_path)
-                seen_labels.update(sample.box_labels.tolist())
                 samples.append(sample)
             if image_dir.is_dir():
                 for image in list_images(image_dir):
-                    if (
-                        image not in used_images
-                        and not (voc_root / ANNOTATIONS_DIR / f"{image.stem}.xml").exists()
-                    ):
-                        record.skip(image, "image has no annotation file in Annotations/")
+                    if image not in used_images and not (xml_dir / f"{image.stem}.xml").exists():
+                        record.skip(image, f"image has no annotation file in {xml_dir.name}/")
+        samples = drop_identical_images(samples, record)
+        seen_labels = {int(label) for sample in samples for label in sample.box_labels}
         return record.finish(self.name, samples, annotated(seen_labels))
 
 
@@ -223,9 +317,11 @@ class _VocContext(ReadContext):
 
     Attributes:
         issues: image id -> known annotation error (see :data:`KNOWN_ISSUES`).
+        folder_split: the split a folder name gives the annotation folder (used for ids not in split lists).
     """
 
     issues: Mapping[str, str] = field(default_factory=dict)
+    folder_split: str | None = None
 
 
 def _read_annotation(context: _VocContext, xml_path: Path, image_dir: Path) -> Sample | None:
@@ -273,7 +369,7 @@ def _read_annotation(context: _VocContext, xml_path: Path, image_dir: Path) -> S
         task=Task.DETECTION,
         dataset=context.dataset,
         sample_id=record.relative(image),
-        split=context.split_of.get(xml_path.stem),
+        split=context.split_of.get(xml_path.stem, context.folder_split),
         disease=context.disease,
         boxes=checked.boxes,
         box_labels=checked.labels,

@@ -8,6 +8,12 @@ Layouts found (at the root or up to two levels below it):
   that does not exist is retried without its leading ``../``.
 - without a yaml: ``images/<split>/`` + ``labels/<split>/``, ``<split>/images/`` + ``<split>/labels/``, or a
   flat ``images/`` + ``labels/``. Class names then come from ``classes.txt`` (or the ``names=`` option).
+- with any other folder names: every folder whose text files hold ``class cx cy w h`` lines (numbers, the
+  coordinates normalised) is a label folder, paired by stem with the folder whose images match the most of
+  its files (the label folder itself included: darknet keeps both together); see
+  :mod:`unihema.data.formats._pairing`. The split comes from a folder name (``train``, ``Valid Labels``) or
+  the yaml key whose folder holds the images; class names from ``classes.txt`` / ``obj.names`` in or beside
+  the label folder.
 
 ``classes.txt`` files inside a label folder are class-name lists, not label files: they are ignored
 (recorded as fixed), and their names are checked against ``data.yaml`` through the vocabulary aliases
@@ -37,14 +43,22 @@ from unihema.data.formats._common import (
     dataset_name,
     default_disease,
     describe_folder,
+    describe_search,
+    drop_identical_images,
+    folder_name,
     list_images,
+    relative,
+    split_from_path,
 )
+from unihema.data.formats._pairing import SNIFF_FILES, FolderIndex, first_lines
 from unihema.data.formats.base import WrongFormatError, register_reader
 from unihema.data.schema import FileImage, ReadResult, Sample, Task
 from unihema.data.vocab import DETECTION_CLASSES, detection_index
 
 YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
 CLASSES_FILE = "classes.txt"
+CLASS_NAME_FILES = (CLASSES_FILE, "obj.names")  # darknet writes obj.names
+MAX_NORMALISED = 2.0  # a coordinate above this is not a normalised YOLO value (pixel boxes, points)
 FIELDS_PER_LINE = 5  # class cx cy w h
 YAML_SPLIT_KEYS = ("train", "val", "test")
 
@@ -121,8 +135,60 @@ def _splits_from_folders(root: Path) -> list[YoloSplit]:
     return []
 
 
+def looks_like_yolo_line(line: str) -> bool:
+    """``class cx cy w h``: an integer class id and four normalised numbers."""
+    fields = line.split()
+    if len(fields) != FIELDS_PER_LINE or not fields[0].isdigit():
+        return False
+    try:
+        values = [float(v) for v in fields[1:]]
+    except ValueError:
+        return False
+    return all(0.0 <= v <= MAX_NORMALISED for v in values)
+
+
+def _label_files(index: FolderIndex, folder: Path) -> list[Path]:
+    return [p for p in index.files(folder, (".txt",)) if p.name != CLASSES_FILE]
+
+
+def looks_like_label_folder(index: FolderIndex, folder: Path) -> bool:
+    """True when the first non-empty label files of ``folder`` start with ``class cx cy w h`` lines."""
+    checked = 0
+    for path in _label_files(index, folder):
+        lines = first_lines(path, 1)
+        if not lines:
+            continue  # an empty label file: an image without objects
+        if not looks_like_yolo_line(lines[0]):
+            return False
+        checked += 1
+        if checked >= SNIFF_FILES:
+            break
+    return checked > 0
+
+
+def _splits_by_pairing(root: Path, yaml_splits: dict[Path, str]) -> list[YoloSplit]:
+    """Label folders recognised by content, each paired by stem with its image folder."""
+    index = FolderIndex(root)
+    splits = []
+    for folder in index.dirs:
+        if not looks_like_label_folder(index, folder):
+            continue
+        pairing = index.image_folder_for(folder, {p.stem for p in _label_files(index, folder)})
+        if pairing is None:
+            continue
+        images = pairing.images
+        split = (
+            yaml_splits.get(images.resolve())
+            or split_from_path(images, root)
+            or split_from_path(folder, root)
+        )
+        splits.append(YoloSplit(split, images, folder))
+    return splits
+
+
 def find_yolo_layout(root: Path) -> tuple[Path | None, dict[str, Any], list[YoloSplit]]:
-    """The yaml (or None), its parsed content and the image/label folder pairs that hold ``.txt`` labels."""
+    """The yaml (or None), its parsed content and the image/label folder pairs that hold ``.txt`` labels
+    (by the folder names of the module docstring first, else by content and pairing)."""
     root = Path(root)
     yaml_path = _find_yaml(root)
     config: dict[str, Any] = {}
@@ -134,9 +200,12 @@ def find_yolo_layout(root: Path) -> tuple[Path | None, dict[str, Any], list[Yolo
             loaded = None
         config = loaded if isinstance(loaded, dict) else {}
         splits = _splits_from_yaml(yaml_path, config)
+    yaml_splits = {s.images: s.split for s in splits if s.split}
     if not splits:
         splits = _splits_from_folders(root)
     splits = [s for s in splits if s.labels.is_dir() and any(s.labels.glob("*.txt"))]
+    if not splits:
+        splits = _splits_by_pairing(root, yaml_splits)
     return yaml_path, config, splits
 
 
@@ -182,8 +251,32 @@ class YoloReader:
     """
 
     name = "yolo"
-    description = "YOLO txt boxes (images/ + labels/ per split, data.yaml or classes.txt class names)"
+    description = (
+        "YOLO txt boxes ('class cx cy w h' files paired by stem with images; data.yaml, classes.txt)"
+    )
+    expects = (
+        "text files of 'class cx cy w h' lines (normalised) and images of the same stems in any folders, "
+        "or a data.yaml naming the image folders"
+    )
     priority = 20
+
+    def explain(self, root: Path, options: Mapping[str, Any] | None = None) -> str | None:
+        """Which folders make ``root`` a YOLO set, or ``None`` when it is not one."""
+        root = Path(root)
+        yaml_path, _, splits = find_yolo_layout(root)
+        if not splits:
+            return None
+        pairs = []
+        for split in splits:
+            labels = [p for p in split.labels.glob("*.txt") if p.name != CLASSES_FILE]
+            images = {p.stem for p in list_images(split.images)}
+            pairs.append(
+                f"{len(labels)} label files in {folder_name(split.labels, root)} paired by stem with "
+                f"{len(images & {p.stem for p in labels})} images in {folder_name(split.images, root)}"
+                + (f" ({split.split})" if split.split else "")
+            )
+        lead = f"'{relative(yaml_path, root)}' names the folders; " if yaml_path else ""
+        return lead + "; ".join(pairs)
 
     def sniff(self, root: Path) -> bool:
         return bool(find_yolo_layout(Path(root))[2])
@@ -203,8 +296,8 @@ class YoloReader:
         yaml_path, config, splits = find_yolo_layout(root)
         if not splits:
             raise WrongFormatError(
-                f"{root}: expected YOLO image and label folders (images/ + labels/ with .txt files, or a "
-                f"data.yaml naming them), found {describe_folder(root)}"
+                f"{root}: expected YOLO image and label folders ({self.expects}); looked in "
+                f"{describe_search(root)}, found {describe_folder(root)}"
             )
         name = dataset_name(root, dataset)
         record = ReadReport(name, root, warn_at_once=True)
@@ -222,6 +315,7 @@ class YoloReader:
         samples: list[Sample] = []
         for split in splits:
             samples.extend(_read_split(context, split))
+        samples = drop_identical_images(samples, record)
         return record.finish(self.name, samples, annotated(class_ids))
 
 
@@ -252,13 +346,15 @@ def _class_ids(
         lists.append(("names= option", list(names)))
     if yaml_path is not None and _yaml_names(config) is not None:
         lists.append((record.relative(yaml_path), _yaml_names(config) or []))
-    class_files = {s.labels / CLASSES_FILE for s in splits} | {s.labels.parent / CLASSES_FILE for s in splits}
+    class_files = {
+        folder / file for s in splits for folder in (s.labels, s.labels.parent) for file in CLASS_NAME_FILES
+    }
     for path in sorted(p for p in class_files if p.is_file()):
         lists.append((record.relative(path), _read_names_file(path)))
     if not lists:
         raise ValueError(
             f"{record.root}: YOLO labels found but no class names (no data.yaml `names`, no "
-            f"{CLASSES_FILE}); pass names=[...]"
+            f"{' or '.join(CLASS_NAME_FILES)} in or beside the label folders); pass names=[...]"
         )
     source, chosen = lists[0]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,7 +12,9 @@ from unihema.data.formats._common import (
     cell_class_names,
     check_options,
     describe_folder,
+    folder_name,
     parse_tasks,
+    visible_dirs,
 )
 from unihema.data.formats.base import WrongFormatError, register_reader
 from unihema.data.formats.folders.imagefolder import read_imagefolder
@@ -53,7 +55,30 @@ class ClassFolderReader:
         "class folders: <class>/<image> (optionally under split folders), sickle positive/negative "
         "fields, or erythrocytesIDB images with a parallel mask tree"
     )
+    expects: ClassVar[str] = (
+        "class folders (<class>/<image>, at least two named after cell classes, optionally under split "
+        "folders), sickle Positive/Negative fields or originais/segmentadas trees"
+    )
     priority: ClassVar[int] = 90  # generic: tried after every specific format
+    option_names: ClassVar[tuple[str, ...]] = _OPTIONS
+
+    def explain(self, root: Path, options: Mapping[str, Any] | None = None) -> str | None:
+        """Which class-folder layout ``root`` holds, or ``None`` when it holds none."""
+        try:
+            layout = detect_layout(Path(root), (options or {}).get("class_map"))
+        except OSError:
+            return None
+        if layout is None:
+            return None
+        classes = ", ".join(d.name for d in visible_dirs(layout.base)) if layout.kind == "imagefolder" else ""
+        where = folder_name(layout.base, Path(root))
+        if layout.kind == "imagefolder":
+            split = f" split folders {', '.join(layout.splits)} with" if layout.splits else ""
+            return f"imagefolder layout: {where} holds{split} class folders ({classes})"
+        if layout.kind == "paired_masks":
+            images, masks = (folder_name(layout.base / d, Path(root)) for d in ("originais", "segmentadas"))
+            return f"paired_masks layout: class folders of images under {images} with a parallel mask tree {masks}"
+        return f"sickle_fields layout: Positive/Unlabelled, Positive/Labelled and Negative/ fields in {where}"
 
     def sniff(self, root: Path) -> bool:
         try:

@@ -228,3 +228,22 @@ def test_a_trained_model_records_its_datasets_and_eval_marks_them_seen(tmp_path,
     report = json.loads((out / "report.json").read_text())
     assert report["datasets"]["synthetic"]["seen"] is True
     assert report["datasets"]["synthetic"]["trained_tasks"] == ["classification"]
+
+
+def test_eval_reads_a_native_layout_through_its_descriptor_or_options(saved_model, tmp_path, capsys):
+    import yaml
+
+    from support.native_layouts import COLOUR_MAP, colour_mask_fixture
+
+    root = colour_mask_fixture(tmp_path / "set")  # colour TIFF masks with a white background in gt/
+    args = ["eval", "--model", str(saved_model), "--data", str(root), "--split", "test", "--json"]
+    with pytest.warns(UserWarning):  # the stray colour in one mask is named
+        assert main([*args, "--format", "masks", "--option", f"colour_map={json.dumps(COLOUR_MAP)}"]) == 0
+    by_option = json.loads(capsys.readouterr().out)
+    (root / "unihema.yaml").write_text(
+        yaml.safe_dump({"format": "masks", "options": {"colour_map": COLOUR_MAP}})
+    )
+    with pytest.warns(UserWarning):
+        assert main(args) == 0
+    by_descriptor = json.loads(capsys.readouterr().out)
+    assert list(by_option) == ["segmentation"] and by_option == by_descriptor

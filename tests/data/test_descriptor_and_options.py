@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from native_layouts import COLOUR_MAP, SMEAR_FOLDER, colour_mask_fixture, disc_areas, voc_fixture
 
+from support.native_layouts import COLOUR_MAP, SMEAR_FOLDER, colour_mask_fixture, disc_areas, voc_fixture
 from unihema.cli import main
 from unihema.data.formats import (
     DescriptorError,

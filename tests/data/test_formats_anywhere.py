@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from native_layouts import (
+from PIL import Image
+
+from support.native_layouts import (
     COLOUR_MAP,
     CYAN,
     SMEAR_FOLDER,
@@ -27,8 +29,6 @@ from native_layouts import (
     voc_xml,
     yolo_fixture,
 )
-from PIL import Image
-
 from unihema.data.formats import WrongFormatError, detect, detect_format, get_reader, read_dataset
 from unihema.data.formats._common import ReaderWarning
 from unihema.data.formats.mask_values import ColourMask, looks_like_mask, parse_colour_map

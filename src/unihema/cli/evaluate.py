@@ -48,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"(default: {SYNTHETIC_DATASET})",
     )  # fmt: skip
     parser.add_argument("--format", help="dataset format of the folders (detected per folder when omitted)")
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="reader option for the dataset folders (repeatable; values are YAML), over their unihema.yaml",
+    )  # fmt: skip
     parser.add_argument("--split", default="test", help="which split to evaluate (default: test)")
     parser.add_argument(
         "--task", action="append", choices=(*TASK_CHOICES, PROBE_CHOICE),
@@ -115,12 +119,13 @@ def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: A
         grouped = {task: corpus.samples(task, args.split) for task in Task if task.value in wanted}
         crops = corpus.samples(Task.CLASSIFICATION, None) if probe else []
         return EvalDataset(name, grouped, crops, seen, "built-in synthetic corpus", [], trained)
-    from unihema.data.formats import detect_format, get_reader
+    from unihema.data.formats import parse_option_pairs, read_dataset
 
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found")
-    result = get_reader(args.format or detect_format(root)).read(root)
+    # The folder's unihema.yaml (if any) gives its format and reader options; --option overrides them.
+    result = read_dataset(root, args.format, parse_option_pairs(args.option or []))
     samples = result.samples
     if seen:
         from unihema.data.splits import SplitConfig, assign_splits

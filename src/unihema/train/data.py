@@ -71,7 +71,7 @@ class CorpusCache:
         if self._real is not None:
             return self._real
         from unihema.data.catalog import get_dataset
-        from unihema.data.formats.base import get_reader
+        from unihema.data.formats import read_dataset
         from unihema.data.splits import SplitConfig, assign_splits, resolve_cross_dataset_leaks
 
         root = datasets_root(self.config.data.root)
@@ -89,8 +89,11 @@ class CorpusCache:
                 raise FileNotFoundError(
                     f"dataset {name!r}: folder {folder} not found (set data.root or ${DATASETS_ENV})"
                 )
-            options = {**entry.options, **self.config.data.reader_options.get(name, {})}
-            result = get_reader(entry.reader).read(folder, dataset=entry.name, **options)
+            # The folder's own unihema.yaml may name another layout; the run's reader_options win over it.
+            result = read_dataset(
+                folder, options=self.config.data.reader_options.get(name, {}), dataset=entry.name,
+                default_format=entry.reader, default_options=entry.options,
+            )  # fmt: skip
             if not result.samples:
                 raise ValueError(f"dataset {name!r}: the {entry.reader} reader found no samples in {folder}")
             real[name] = assign_splits(result.samples, split_config)

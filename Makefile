@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean bench-convergence bench-bccd bench-predict
+.PHONY: demo test lint install clean bench-convergence bench-bccd bench-predict bench-serve
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench-bccd: $(STAMP)
 
 bench-predict: $(STAMP)
 	$(PY) benchmarks/bench_predict.py --write-doc docs/benchmarks.md
+
+bench-serve: $(STAMP)
+	$(PY) benchmarks/bench_serve.py --write-doc docs/benchmarks.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -8,7 +8,9 @@ from unihema.inference.image_processor import ImageInputError, ImageProcessor, l
 from unihema.inference.preprocessor import PreprocessorConfig
 
 PROCESSOR = ImageProcessor(
-    PreprocessorConfig(TransformConfig(det_train_sizes=(64,), det_eval_size=64, det_max_size=100, seg_size=48))
+    PreprocessorConfig(
+        TransformConfig(det_train_sizes=(64,), det_eval_size=64, det_max_size=100, seg_size=48)
+    )
 )
 
 

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("data", "model", "train", "evaluate", "predict", "demo")
+COMMAND_MODULES = ("data", "model", "train", "evaluate", "predict", "demo", "export", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

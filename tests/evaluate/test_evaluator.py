@@ -311,7 +311,7 @@ def test_an_unreadable_sample_is_named_and_skipped(tmp_path):
     assert sum(seen) == 4 and result.evaluated == 3 and result.details["images"] == 3
     assert [s["sample"] for s in result.skipped] == ["t/broken"]
     assert (
-        result.skipped[0]["reason"].startswith("UnidentifiedImageError")
+        result.skipped[0]["reason"].startswith("UnreadableImageError")
         and "broken.png" in result.skipped[0]["reason"]
     )
     with pytest.raises(

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError) as error:  # OSError: a missing file, no permission, a full disk
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"unihema: error: {message}", file=sys.stderr)
         return 2

@@ -161,9 +161,19 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _synthetic(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from unihema.data.synthetic import SyntheticConfig, generate_corpus
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: a file of that name exists; give a folder (new or existing)")
     config = SyntheticConfig(n_images=args.n_images, image_size=args.image_size, seed=args.seed)
-    generate_corpus(config, args.out, workers=args.workers)
+    try:
+        generate_corpus(config, out, workers=args.workers)
+    except OSError as error:
+        # A parent that is a file, no permission, a full disk: each file written so far is whole (atomic).
+        where = f": {error.filename}" if error.filename else ""
+        raise ValueError(f"--out {out}: cannot write the corpus ({error.strerror or error}{where})") from None
     print(f"wrote {config.n_images} synthetic fields of view to {args.out}")
     return 0

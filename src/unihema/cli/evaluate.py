@@ -12,6 +12,11 @@ Examples::
 ``plots/``, see :mod:`unihema.evaluate.tables`); datasets the model folder's training record does not list
 are marked unseen. A seen dataset without a split of its own is split as training split it (the recorded
 split settings), so only its held-out samples are scored; an unseen one is scored whole.
+
+``--split`` must name a split (``train``, ``val``, ``test``, or one the dataset's samples carry): any other
+name is an error listing the splits present. A detection or FoV-morphology task whose samples hold no box
+annotation at all is not scored (its mAP would be 0.0 for want of annotations, not for the model's sake):
+it is named on stderr, and when nothing else is left the command fails.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from unihema.data.schema import SYNTHETIC_DATASET, Task
+from unihema.cli._options import positive_int, resolve_device
+from unihema.data.schema import SPLITS, SYNTHETIC_DATASET, Task
 
 PROBE_CHOICE = "probe"
 TASK_CHOICES: tuple[str, ...] = tuple(task.value for task in Task)
@@ -59,11 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "probe on the classification crops of every split",
     )  # fmt: skip
     parser.add_argument(
-        "--limit", type=int, default=None,
+        "--limit", type=positive_int, default=None,
         help="evaluate at most this many samples per task (the probe: per split, spread over the dataset)",
     )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-detections", type=int, default=None, help="detections kept per image (3000)")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument(
+        "--max-detections", type=positive_int, default=None, help="detections kept per image (3000)"
+    )
     parser.add_argument(
         "--score-threshold", type=float, default=None,
         help="operating score threshold of the model's cells for FoV morphology (default 0.3)",
@@ -103,8 +111,18 @@ def _probe_subset(samples: list[Any], limit: int | None) -> list[Any]:
     return [s for split_samples in by_split.values() for s in _spread(split_samples, limit)]
 
 
+def _check_split(split: str, name: str, present: list[str]) -> None:
+    """``ValueError`` listing the splits present when ``split`` is neither a split name nor one of them."""
+    if split not in SPLITS and split not in present:
+        listed = (
+            ", ".join(present) if present else f"none (unsplit samples are scored under {', '.join(SPLITS)})"
+        )
+        raise ValueError(f"--split {split!r}: no such split in {name}; its splits: {listed}")
+
+
 def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: Any, record: Any, wanted: Any):
-    """One :class:`~unihema.evaluate.suite.EvalDataset` (tasks not filtered or limited yet)."""
+    """One :class:`~unihema.evaluate.suite.EvalDataset` (tasks not filtered or limited yet) and the splits
+    its samples carry."""
     from unihema.evaluate.suite import EvalDataset, seen_in_training
 
     seen = seen_in_training(record, name)
@@ -116,9 +134,10 @@ def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: A
         # The corpus the model was trained on, when its folder records one.
         recorded = None if preprocessor is None else preprocessor.synthetic_config()
         corpus = SyntheticCorpus(recorded or SyntheticConfig())
+        _check_split(args.split, name, list(SPLITS))
         grouped = {task: corpus.samples(task, args.split) for task in Task if task.value in wanted}
         crops = corpus.samples(Task.CLASSIFICATION, None) if probe else []
-        return EvalDataset(name, grouped, crops, seen, "built-in synthetic corpus", [], trained)
+        return EvalDataset(name, grouped, crops, seen, "built-in synthetic corpus", [], trained), list(SPLITS)
     from unihema.data.formats import parse_option_pairs, read_dataset
 
     root = Path(path)
@@ -132,33 +151,53 @@ def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: A
 
         # Samples without a split of their own get the split training gave them: only held-out ones count.
         samples = assign_splits(samples, SplitConfig(**record.get("splits", {})))
+    present = sorted({s.split for s in samples if s.split is not None})
+    _check_split(args.split, name, present)
     grouped: dict[Task, list[Any]] = {}
     for sample in samples:
         if sample.split in (args.split, None) and sample.task.value in wanted:
             grouped.setdefault(sample.task, []).append(sample)
     crops = [s for s in samples if s.task is Task.CLASSIFICATION] if probe else []
     skipped = [{"sample": item.path, "reason": item.reason} for item in result.skipped]
-    return EvalDataset(name, grouped, crops, seen, str(root), skipped, trained)
+    return EvalDataset(name, grouped, crops, seen, str(root), skipped, trained), present
 
 
 def _datasets(args: argparse.Namespace, preprocessor: Any, record: Any) -> list[Any]:
     wanted = set(args.task) if args.task else set(TASK_CHOICES)
     datasets = []
+    unscored: list[str] = []
     for value in args.data or [SYNTHETIC_DATASET]:
-        dataset = _load(*parse_data_spec(value), args, preprocessor, record, wanted)
+        dataset, present = _load(*parse_data_spec(value), args, preprocessor, record, wanted)
         if args.limit is not None:
             dataset.samples = {task: samples[: args.limit] for task, samples in dataset.samples.items()}
             dataset.probe_samples = _probe_subset(dataset.probe_samples, args.limit)
         dataset.samples = {task: samples for task, samples in dataset.samples.items() if samples}
+        for task in [t for t, samples in dataset.samples.items() if t.has_boxes and not _any_box(samples)]:
+            count = len(dataset.samples.pop(task))
+            unscored.append(
+                f"{dataset.name} {task.value}: none of its {count} samples holds a box annotation, so its mAP "
+                "would say nothing about the model; not evaluated (are the annotations missing?)"
+            )
+            print(f"unihema eval: {unscored[-1]}", file=sys.stderr)
         if dataset.samples or dataset.probe_samples:
             datasets.append(dataset)
         else:
-            message = f"{dataset.name}: no samples of split {args.split!r} for the requested task(s)"
+            splits = ", ".join(present) if present else "none"
+            message = (
+                f"{dataset.name}: no samples of split {args.split!r} for the requested task(s) "
+                f"(its splits: {splits})"
+            )
             print(f"unihema eval: {message}", file=sys.stderr)
     if not datasets:
+        if unscored:
+            raise ValueError(f"nothing to evaluate: {unscored[0]}")
         names = ", ".join(args.data or [SYNTHETIC_DATASET])
         raise ValueError(f"no samples of split {args.split!r} for the requested task(s) in {names}")
     return datasets
+
+
+def _any_box(samples: list[Any]) -> bool:
+    return any(len(sample.box_labels) for sample in samples)
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -172,13 +211,15 @@ def _command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from unihema.data.formats._common import canonical_split
     from unihema.evaluate.evaluator import EvalConfig
     from unihema.evaluate.probe import ProbeConfig
     from unihema.evaluate.suite import evaluate_datasets, read_training_record
     from unihema.model.unihema import UniHema
 
     started = time.perf_counter()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
+    args.split = canonical_split(args.split) or args.split  # "valid" and "testing" name val and test
     model = UniHema.from_pretrained(args.model).to(device)
     # Input sizes and padding the model was trained with (preprocessor_config.json), else the defaults.
     preprocessor = model.preprocessor

@@ -8,9 +8,12 @@ one HTML report per slide and ``run.json`` (layout: :mod:`unihema.inference.batc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from unihema.cli._options import resolve_device
 from unihema.data.schema import Task
 
 
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from unihema.train import distributed
 
     jobs = batch.collect_images(args.inputs)
+    resolve_device(args.device)  # a device this machine lacks fails here, in one line naming --device
     context = distributed.setup(args.device)
     try:
         model = UniHema.from_pretrained(args.model)
@@ -75,18 +79,20 @@ def run(args: argparse.Namespace) -> int:
         def predict_one(path: Path):
             return next(predictor.predict_iter(path, **options))
 
-        record = batch.run_archive(
-            predict_one, jobs, args.out, rank=context.rank, world_size=context.world_size,
-            overwrite=args.overwrite, progress=not args.no_progress,
-        )  # fmt: skip
+        with _writing_into(args.out):
+            record = batch.run_archive(
+                predict_one, jobs, args.out, rank=context.rank, world_size=context.world_size,
+                overwrite=args.overwrite, progress=not args.no_progress,
+            )  # fmt: skip
         if context.enabled:
             distributed.barrier()
             record = _merged_record(record, context)
         if context.is_main:
             summary_options = {} if args.white_count is None else {"white_count_per_ul": args.white_count}
-            written = batch.write_run_tables(
-                jobs, args.out, record, summary_options, slide_reports=not args.no_slide_reports
-            )
+            with _writing_into(args.out):
+                written = batch.write_run_tables(
+                    jobs, args.out, record, summary_options, slide_reports=not args.no_slide_reports
+                )
             print(
                 f"{len(record.processed)} analysed, {len(record.skipped)} already complete, "
                 f"{len(record.failed)} failed; tables in {written['cells'].parent}"
@@ -95,6 +101,19 @@ def run(args: argparse.Namespace) -> int:
         distributed.teardown(context)
     analysed = len(record.processed) + len(record.skipped)
     return 1 if jobs and analysed == 0 else 0
+
+
+@contextlib.contextmanager
+def _writing_into(out: Path) -> Iterator[None]:
+    """An ``OSError`` while results are written (a full disk, no permission) becomes one line naming --out;
+    every file is written atomically, so what was finished before stays whole."""
+    try:
+        yield
+    except OSError as error:
+        raise ValueError(
+            f"--out {out}: cannot write the results ({error.strerror or error}); the images finished before "
+            "are complete, and a re-run continues with the others"
+        ) from None
 
 
 def _merged_record(record, context):

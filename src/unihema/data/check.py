@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from unihema.data.catalog import DatasetInfo, get_dataset, staged_dataset_for_folder
-from unihema.data.schema import UNKNOWN, ReadResult, Sample, Task
+from unihema.data.schema import UNKNOWN, ReadResult, Sample, Task, printable_name
 from unihema.data.vocab import CELL_ATTRIBUTES, CELL_CLASSES, DETECTION_CLASSES, FOV_ATTRIBUTES
 
 NO_SPLIT = "none"
@@ -276,7 +276,7 @@ def check_dataset(
     )
     format, read_options = plan.format, plan.options
     format_source = "catalog" if plan.format_source == "default" else plan.format_source
-    name = entry.name if entry is not None else (dataset or root.resolve().name.lower())
+    name = entry.name if entry is not None else (dataset or printable_name(root.resolve().name.lower()))
     with warnings.catch_warnings():
         # Skipped items are reported in the summary; the readers' per-item warnings would repeat them.
         warnings.simplefilter("ignore")
@@ -291,7 +291,7 @@ def check_dataset(
     counts = summarize(result)
     return CheckReport(
         dataset=name,
-        path=str(root),
+        path=printable_name(root),
         format=format,
         format_source=format_source,
         format_rule=plan.rule,

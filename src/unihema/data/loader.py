@@ -18,10 +18,20 @@ Per-sample targets are built in :meth:`SampleDataset.__getitem__` (i.e. in the w
 ``class_mask`` says which detection classes the sample's dataset annotates, so that the detection loss
 does not teach a class as background on datasets that never label it. It comes from a mapping
 dataset name -> annotated class indices (see :func:`class_masks_from_read_results`).
+
+Unreadable samples: images are decoded only when a batch needs them, so a file that is truncated,
+corrupt or larger than PIL's decompression-bomb limit is found mid-run. Its error names the file
+(:class:`~unihema.data.schema.UnreadableImageError`; a mask that does not fit its image raises
+:class:`SampleLoadError`). Training loaders (``build_loader(train=True)``, the default of
+``skip_unreadable``) skip it: the item is replaced by the next readable sample of the same task and a
+:class:`UnreadableSampleWarning` names the file, so one bad file does not end a run; after
+:data:`MAX_SUBSTITUTES` unreadable samples in a row the loader fails, naming the first. Evaluation
+loaders raise instead (the evaluator names and leaves out each sample that fails).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -34,13 +44,24 @@ from torchvision.ops import box_convert
 
 from unihema.data.prompts import task_prompt
 from unihema.data.sampler import MultiTaskBatchSampler
-from unihema.data.schema import UNKNOWN, ReadResult, Sample, Task
+from unihema.data.schema import UNKNOWN, ReadResult, Sample, Task, UnreadableImageError
 from unihema.data.transforms import Pipeline, TransformConfig, build_transforms
 from unihema.data.vocab import CELL_ATTRIBUTES, DETECTION_CLASSES, detection_index
 
 NUM_DETECTION_CLASSES = len(DETECTION_CLASSES)
+MAX_SUBSTITUTES = 16
+"""Readable samples looked for, one after another, in place of an unreadable one before a loader fails."""
 ClassMasks = Mapping[str, Iterable[int]]
 """Dataset name -> indices into ``DETECTION_CLASSES`` that the dataset annotates."""
+
+
+class SampleLoadError(ValueError):
+    """A sample that cannot be turned into model inputs (no mask, a mask that does not fit its image, no
+    target); the message names the sample."""
+
+
+class UnreadableSampleWarning(UserWarning):
+    """A training sample was skipped because its image or mask could not be read (the message names it)."""
 
 
 def class_masks_from_read_results(results: Iterable[ReadResult]) -> dict[str, tuple[int, ...]]:
@@ -72,6 +93,9 @@ class SampleDataset(Dataset):
             default evaluation pipelines of :mod:`unihema.data.transforms`.
         class_masks: dataset name -> annotated detection-class indices. None marks every class as
             annotated; otherwise a box-task sample of a dataset missing from the mapping is an error.
+        skip_unreadable: replace a sample whose image or mask cannot be read by the next readable sample
+            of the same task, with a warning naming the file (see the module docstring); default False:
+            raise the error, which names the file.
     """
 
     def __init__(
@@ -79,9 +103,11 @@ class SampleDataset(Dataset):
         samples: Sequence[Sample],
         transforms: Pipeline | Mapping[Task, Pipeline] | None = None,
         class_masks: ClassMasks | None = None,
+        skip_unreadable: bool = False,
     ) -> None:
         self.samples = samples
         self.transforms = transforms
+        self.skip_unreadable = skip_unreadable
         self._default_pipelines: dict[Task, Pipeline] = {}
         self.class_masks: dict[str, torch.Tensor] | None = None
         if class_masks is not None:
@@ -104,6 +130,41 @@ class SampleDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
+        if not self.skip_unreadable:
+            return self._item(sample)
+        errors: list[Exception] = []
+        for candidate in self._same_task_neighbours(index, sample):
+            try:
+                return self._item(candidate)
+            except (UnreadableImageError, SampleLoadError) as error:
+                errors.append(error)
+                warnings.warn(
+                    f"skipped sample {candidate.dataset}/{candidate.sample_id}: {error}; the next readable "
+                    f"{sample.task.value} sample takes its place",
+                    UnreadableSampleWarning,
+                    stacklevel=2,
+                )
+        raise SampleLoadError(
+            f"no readable {sample.task.value} sample near index {index}: {len(errors)} in a row could not be "
+            f"read; first: {errors[0]}"
+        )
+
+    def _same_task_neighbours(self, index: int, sample: Sample) -> Iterable[Sample]:
+        """``sample``, then the samples after it, then the ones before it, of its task (multi-task
+        datasets hold each task in one block), at most :data:`MAX_SUBSTITUTES` + 1 in all."""
+        yield sample
+        given = 1
+        for step in (1, -1):
+            position = index + step
+            while given <= MAX_SUBSTITUTES and 0 <= position < len(self):
+                neighbour = self.samples[position]
+                if neighbour.task is not sample.task:
+                    break
+                yield neighbour
+                given += 1
+                position += step
+
+    def _item(self, sample: Sample) -> dict[str, Any]:
         where = f"sample {sample.dataset}/{sample.sample_id}"
         image = sample.load_image()
         height, width = image.height, image.width
@@ -120,9 +181,9 @@ class SampleDataset(Dataset):
         elif task is Task.SEGMENTATION:
             mask = sample.load_mask()
             if mask is None:
-                raise ValueError(f"{where}: segmentation sample without a mask")
+                raise SampleLoadError(f"{where}: segmentation sample without a mask")
             if mask.shape != (height, width):
-                raise ValueError(
+                raise SampleLoadError(
                     f"{where}: mask shape {mask.shape} differs from image size {(height, width)}"
                 )
             data["mask"] = tv_tensors.Mask(torch.from_numpy(mask.astype(np.uint8)))
@@ -153,7 +214,7 @@ class SampleDataset(Dataset):
             return {"mask": (out["mask"].as_subclass(torch.Tensor) > 0).to(torch.float32)}
         if task is Task.CLASSIFICATION:
             if sample.cell_class is None:
-                raise ValueError(f"{where}: classification sample without cell_class")
+                raise SampleLoadError(f"{where}: classification sample without cell_class")
             return {"cell_class": torch.tensor(sample.cell_class, dtype=torch.int64)}
         if task is Task.CELL_MORPHOLOGY:
             if sample.cell_attributes is None:
@@ -162,7 +223,7 @@ class SampleDataset(Dataset):
                 attributes = torch.from_numpy(sample.cell_attributes.copy())
             return {"cell_attributes": attributes}
         if sample.text_target is None:
-            raise ValueError(f"{where}: {task.value} sample without text_target")
+            raise SampleLoadError(f"{where}: {task.value} sample without text_target")
         return {"text": sample.text_target}
 
     def _class_mask_of(self, dataset: str) -> torch.Tensor:
@@ -255,6 +316,7 @@ def build_loader(
     drop_last: bool | None = None,
     pin_memory: bool = False,
     pad_to_multiple: int = 1,
+    skip_unreadable: bool | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` yielding contract batches.
 
@@ -274,6 +336,7 @@ def build_loader(
         drop_last: drop the last incomplete batch; defaults to ``train``.
         pin_memory: pin batch tensors (for CUDA training).
         pad_to_multiple: round the padded batch size up to this multiple (e.g. the backbone stride).
+        skip_unreadable: replace unreadable samples, warning (see the module docstring); defaults to ``train``.
     """
     if batch_size < 1:
         raise ValueError(f"build_loader: batch_size must be >= 1, got {batch_size}")
@@ -294,7 +357,8 @@ def build_loader(
         tasks = [task]
         _check_single_task(samples, task)
     transforms = {t: build_transforms(t, train=train, config=config) for t in tasks}
-    dataset = SampleDataset(samples, transforms, class_masks=class_masks)
+    skip = train if skip_unreadable is None else skip_unreadable
+    dataset = SampleDataset(samples, transforms, class_masks=class_masks, skip_unreadable=skip)
 
     # A partial of a module-level function pickles, so spawn-started workers can use it too.
     joint = multitask and sampler.mode == "joint"
@@ -350,7 +414,7 @@ def build_multitask_loader(
         mode=mode,
         shuffle=train,
     )
-    concatenated = _Concat([samples_by_task[t] for t in sampler.tasks])
+    concatenated = ConcatenatedSamples([samples_by_task[t] for t in sampler.tasks])
     return build_loader(
         concatenated,
         None,
@@ -365,8 +429,8 @@ def build_multitask_loader(
     )
 
 
-class _Concat(Sequence[Sample]):
-    """Read-only concatenation of sample sequences, without copying them."""
+class ConcatenatedSamples(Sequence[Sample]):
+    """Read-only concatenation of sample sequences (lists, manifest views), without copying or reading them."""
 
     def __init__(self, parts: Sequence[Sequence[Sample]]) -> None:
         self.parts = list(parts)

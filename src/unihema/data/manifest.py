@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from unihema.atomic import atomic_save_image
-from unihema.data.schema import ArrayImage, ArrayMask, FileImage, FileMask, Sample, Task
+from unihema.data.schema import ArrayImage, ArrayMask, FileImage, FileMask, Sample, Task, encodes_as_utf8
 
 MANIFEST_VERSION = 1
 """Value of the ``"v"`` key of every line; bumped when the line layout changes incompatibly."""
@@ -232,6 +232,8 @@ def write_manifest(
                 record = sample_to_record(sample, base_dir=base_dir, array_dir=arrays)
                 try:
                     line = json.dumps(record, ensure_ascii=False, default=_json_default, allow_nan=False)
+                    if not encodes_as_utf8(line):  # a file name that is not UTF-8: kept as \udcXX escapes
+                        line = json.dumps(record, default=_json_default, allow_nan=False)
                 except (TypeError, ValueError) as err:
                     raise ManifestError(
                         f"sample {sample.dataset}/{sample.sample_id}: cannot be written as JSON ({err}); "

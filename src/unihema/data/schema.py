@@ -21,12 +21,14 @@ Conventions
 from __future__ import annotations
 
 import enum
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from unihema.data.vocab import CELL_ATTRIBUTES, FOV_ATTRIBUTES
 
@@ -77,9 +79,8 @@ class FileImage:
     crop: tuple[int, int, int, int] | None = None
 
     def load(self) -> Image.Image:
-        with Image.open(self.path) as im:
-            im.load()
-            rgb = to_rgb(im)
+        """The RGB pixels; :class:`UnreadableImageError` naming the file when it cannot be decoded."""
+        rgb = read_image(self.path, to_rgb)
         if self.crop is not None:
             rgb = rgb.crop(_clip_crop(self.crop, rgb.size))
         return rgb
@@ -108,6 +109,10 @@ class FileMask:
     ``foreground`` lists the grey values that count as foreground (after conversion to one channel:
     for RGBA files the alpha-aware luminance, see :func:`mask_to_grey`). When ``threshold`` is given,
     values ``>= threshold`` are foreground instead (useful for JPEG-compressed or off-value masks).
+
+    A lossless mask read through a ``threshold`` above 1 whose values are all small class indices
+    (``0 < max <= LABEL_MAP_MAX_VALUE``, e.g. a 0/1/2 label map) would read as empty: it is read as a label
+    map instead, every nonzero label foreground (see :func:`is_label_map`).
     """
 
     path: Path
@@ -116,15 +121,29 @@ class FileMask:
     crop: tuple[int, int, int, int] | None = None
 
     def load(self) -> np.ndarray:
-        with Image.open(self.path) as im:
-            im.load()
-            grey = mask_to_grey(im)
+        """The boolean mask; :class:`UnreadableImageError` naming the file when it cannot be decoded."""
+        return self.select(read_image(self.path, mask_to_grey))
+
+    def select(self, grey: np.ndarray) -> np.ndarray:
+        """Foreground of the whole file's grey values ``grey`` (cropped to ``crop``)."""
+        label_map = self.reads_as_label_map(grey)
         if self.crop is not None:
             x0, y0, x1, y1 = _clip_crop(self.crop, (grey.shape[1], grey.shape[0]))
             grey = grey[y0:y1, x0:x1]
+        if label_map:
+            return grey > 0
         if self.threshold is not None:
             return grey >= self.threshold
         return np.isin(grey, np.asarray(self.foreground, dtype=grey.dtype))
+
+    def reads_as_label_map(self, grey: np.ndarray) -> bool:
+        """Whether the grey values ``grey`` of this file are read as a label map (see the class docstring)."""
+        return (
+            self.threshold is not None
+            and self.threshold > 1
+            and Path(self.path).suffix.lower() not in LOSSY_MASK_EXTENSIONS
+            and is_label_map(grey)
+        )
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,80 @@ class ArrayMask:
 
     def load(self) -> np.ndarray:
         return np.asarray(self.array, dtype=bool)
+
+
+class UnreadableImageError(ValueError):
+    """An image or mask file that cannot be decoded; the message names the file and says why."""
+
+
+IMAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    Image.DecompressionBombError,
+)
+"""What PIL raises for a missing, empty, truncated, corrupt or oversized image file."""
+
+LOSSY_MASK_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg")
+"""Mask files whose values are noisy (lossy compression): never read as label maps."""
+LABEL_MAP_MAX_VALUE = 31
+"""Largest value of a label map (a mask holding class indices 0, 1, 2 ... instead of grey levels)."""
+
+
+def encodes_as_utf8(text: str) -> bool:
+    """Whether UTF-8 can encode ``text`` (a file name that is not UTF-8 holds lone surrogates: it cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_name(name: str | os.PathLike[str]) -> str:
+    """``name`` as text UTF-8 can encode: the bytes of a file name that is not UTF-8 (which Python holds as
+    lone surrogates) are shown as ``\\xe9`` escapes, so the name can be printed and written to files."""
+    text = os.fspath(name)
+    if encodes_as_utf8(text):
+        return text
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name produced
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_label_map(grey: np.ndarray) -> bool:
+    """Whether ``grey`` holds small class indices only (``0 < max <= LABEL_MAP_MAX_VALUE``)."""
+    return grey.size > 0 and 0 < int(grey.max()) <= LABEL_MAP_MAX_VALUE
+
+
+def image_error_reason(error: BaseException) -> str:
+    """Why an image could not be read, in words (the reason of a skipped file)."""
+    if isinstance(error, FileNotFoundError):
+        return "image file not found"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"image too large to decode safely, a possible decompression bomb ({error})"
+    if isinstance(error, UnidentifiedImageError):
+        return "unreadable image (cannot identify its format: an empty file, or not an image)"
+    return f"unreadable image ({error})"
+
+
+_Decoded = TypeVar("_Decoded")
+
+
+def read_image(path: str | Path, convert: Callable[[Image.Image], _Decoded]) -> _Decoded:
+    """Decode the image file ``path`` and return ``convert(image)``.
+
+    Raises:
+        UnreadableImageError: the file is missing, empty, truncated, corrupt or larger than PIL's
+            decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``); the message names the file.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return convert(im)
+    except IMAGE_ERRORS as error:
+        raise UnreadableImageError(f"{printable_name(path)}: {image_error_reason(error)}") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from unihema.atomic import atomic_write_text
+from unihema.data.schema import printable_name
 from unihema.inference.export import CELL_COLUMNS, cell_rows, write_csv
 from unihema.inference.image_processor import ImageInputError
 from unihema.inference.results import Prediction
@@ -76,9 +77,11 @@ def collect_images(inputs: Sequence[str | Path]) -> list[ImageJob]:
             if not files:
                 raise FileNotFoundError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
             base = path.resolve().name or "images"
-            jobs += [ImageJob(f, str(Path(base) / f.relative_to(path).with_suffix(""))) for f in files]
+            jobs += [
+                ImageJob(f, printable_name(Path(base) / f.relative_to(path).with_suffix(""))) for f in files
+            ]
         elif path.is_file():
-            jobs.append(ImageJob(path, path.stem))
+            jobs.append(ImageJob(path, printable_name(path.stem)))
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
     seen: dict[str, int] = {}

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from unihema.data.loader import pad_images
-from unihema.data.schema import Task
+from unihema.data.schema import IMAGE_ERRORS, Task, printable_name
 from unihema.data.transforms import build_transforms
 from unihema.inference.preprocessor import PreprocessorConfig
 
@@ -108,15 +108,16 @@ def load_image(image: ImageInput) -> LoadedImage:
     """Read ``image`` as 8-bit RGB; raises :class:`ImageInputError` naming the file on failure."""
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        name = printable_name(path)  # a file name that is not UTF-8 is shown with escapes
         if not path.is_file():
-            raise ImageInputError(f"{path}: no such image file")
+            raise ImageInputError(f"{name}: no such image file")
         try:
             with Image.open(path) as opened:
                 opened.load()
                 pil = opened
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as error:
-            raise ImageInputError(f"{path}: not a readable image ({error})") from None
-        return LoadedImage(_pil_to_rgb(pil, str(path)), str(path))
+        except IMAGE_ERRORS as error:
+            raise ImageInputError(f"{name}: not a readable image ({error})") from None
+        return LoadedImage(_pil_to_rgb(pil, name), name)
     if isinstance(image, Image.Image):
         return LoadedImage(_pil_to_rgb(image, "<PIL image>"), "<PIL image>")
     if isinstance(image, np.ndarray):

@@ -33,6 +33,8 @@ TOKENIZER_DIR = "tokenizer"
 ALIASES_KEY = "aliases"
 FORMAT_KEY = "format"
 FORMAT_VALUE = "unihema"
+PRESET_KEY = "preset"
+"""Metadata key of the weights file: the preset of the model that wrote it (named when a load mismatches)."""
 
 
 class CheckpointError(ValueError):
@@ -85,6 +87,8 @@ def save_pretrained(model: UniHema, directory: str | os.PathLike[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _unique_state(model)
     metadata = {FORMAT_KEY: FORMAT_VALUE, ALIASES_KEY: json.dumps(aliases, sort_keys=True)}
+    if model.config.preset is not None:
+        metadata[PRESET_KEY] = str(model.config.preset)
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     # The weights file carries every tensor: a reload must not read pretrained T5 or backbone files again.
     # (The model's config holds the backbone options resolved, so dropping the file keeps the same norms.)
@@ -133,15 +137,16 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
             stored = set(handle.keys())
             aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))
             state: dict[str, Tensor] = {}
+            hint = _origin_hint(model, metadata)
             for name, tensor in expected.items():
                 source = name if name in stored else aliases.get(name)
                 if source is None or source not in stored:
-                    raise CheckpointError(f"{path}: tensor {name!r} is missing from the checkpoint")
+                    raise CheckpointError(f"{path}: tensor {name!r} is missing from the checkpoint{hint}")
                 shape = tuple(handle.get_slice(source).get_shape())
                 if shape != tuple(tensor.shape):
                     raise CheckpointError(
                         f"{path}: tensor {name!r} has shape {shape} in the checkpoint but the model expects "
-                        f"{tuple(tensor.shape)}"
+                        f"{tuple(tensor.shape)}{hint}"
                     )
                 state[name] = handle.get_tensor(source)
     except SafetensorError as error:
@@ -152,5 +157,20 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
         raise CheckpointError(f"{path}: corrupt alias metadata: {error}") from error
     unexpected = sorted(stored - set(expected) - set(aliases.values()))
     if unexpected:
-        raise CheckpointError(f"{path}: tensor {unexpected[0]!r} in the checkpoint is not part of the model")
+        raise CheckpointError(
+            f"{path}: tensor {unexpected[0]!r} in the checkpoint is not part of the model{hint}"
+        )
     model.load_state_dict(state, strict=True)
+
+
+def _origin_hint(model: torch.nn.Module, metadata: dict[str, str]) -> str:
+    """Why a weights file may not fit: it names the preset it was saved from when that differs."""
+    saved = metadata.get(PRESET_KEY)
+    preset = getattr(getattr(model, "config", None), "preset", None)
+    if saved is not None and saved != str(preset):
+        return (
+            f" (the file was saved from a model of preset {saved!r}; the configuration describes "
+            f"{'preset ' + repr(preset) if preset is not None else 'a custom model'}: weights and config.json "
+            "come from different models)"
+        )
+    return " (were the weights saved from a model of another configuration?)"

@@ -352,9 +352,32 @@ class TextModel(nn.Module):
         )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json", "vocab.txt")
+"""Files of which a tokenizer folder holds at least one (``save_pretrained`` writes the first two)."""
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """Tokenizer files from a local directory (never downloads)."""
+    """Tokenizer files from a local directory (never downloads).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a folder, holds none of :data:`TOKENIZER_FILES`, or its files
+            cannot be read as a tokenizer; the message names the folder (and the first line of the cause).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{path}: tokenizer folder not found (a model folder keeps its tokenizer there)"
+        )
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        found = sorted(p.name for p in path.iterdir())
+        listing = (
+            f"it holds {', '.join(found[:5])}{', ...' if len(found) > 5 else ''}" if found else "it is empty"
+        )
+        raise FileNotFoundError(
+            f"{path}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); {listing}"
+        )
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"no usable tokenizer files in {path}: {error}") from error
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as error:
+        cause = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(f"{path}: the tokenizer files cannot be read ({cause})") from error

@@ -15,6 +15,12 @@ A run directory looks like::
           training_state.pt    optimiser, scheduler, sampler, RNG states and the progress record
         latest               name of the newest complete checkpoint
 
+``training_state.pt`` holds only tensors and plain containers (dicts, lists, tuples, strings, numbers):
+the RNG states are stored as tensors and numbers (:func:`rng_state`), and the file is read with
+``torch.load(weights_only=True)``, which refuses anything else without running it. A run directory someone
+else wrote therefore cannot make ``--resume`` execute code: a file holding other objects is refused with
+:class:`UnsafeCheckpointError`, a truncated or corrupt one with :class:`CheckpointError`, both naming it.
+
 Each checkpoint is written into a temporary folder inside ``checkpoints/`` and renamed into place once
 complete, and ``latest`` is replaced atomically afterwards: a process killed at any moment leaves either
 the previous or the new checkpoint, never a half-written one that ``latest`` points to.
@@ -23,10 +29,12 @@ the previous or the new checkpoint, never a half-written one that ``latest`` poi
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +48,19 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
 MODEL_DIR = "model"
 STATE_FILE = "training_state.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""Version 2: every state is tensors and plain containers (version 1 pickled NumPy objects)."""
+_ZIP_MAGIC = b"PK\x03\x04"
 _STEP_PATTERN = re.compile(r"step-(\d+)")
 _TMP_PREFIX = ".tmp-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (truncated, corrupt, of another version); names the file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A training state holding objects other than tensors and plain containers (it is not unpickled)."""
 
 
 @dataclass
@@ -73,12 +91,18 @@ class Progress:
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and every CUDA device) generator states."""
+    """Python, NumPy and torch (CPU and every CUDA device) generator states, as tensors and numbers (so
+    that a checkpoint holding them loads with ``weights_only=True``)."""
+    version, words, gauss = random.getstate()
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
-    }
+    }  # fmt: skip
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -86,8 +110,13 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore the states captured by :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
+    numpy = state["numpy"]
+    np.random.set_state(
+        (numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"],
+         numpy["cached_gaussian"])
+    )  # fmt: skip
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -185,10 +214,39 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_training_state(checkpoint: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The training state of a checkpoint (``weights_only=False``: it holds RNG tuples; only load your own runs)."""
-    state = torch.load(Path(checkpoint) / STATE_FILE, map_location=map_location, weights_only=False)
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(f"{checkpoint}: unsupported training-state version {state.get('version')!r}")
+    """The training state of a checkpoint, read with ``torch.load(weights_only=True)``: nothing in the
+    file can run code. Raises :class:`UnsafeCheckpointError` for a file holding other objects (or that is
+    not a PyTorch archive at all) and :class:`CheckpointError` for a truncated or corrupt one or another
+    version; both name the file."""
+    path = Path(checkpoint) / STATE_FILE
+    restart = "restart the run, or resume from an earlier checkpoint (edit checkpoints/latest)"
+    with open(path, "rb") as handle:
+        head = handle.read(len(_ZIP_MAGIC))
+    if head != _ZIP_MAGIC:
+        if not head:
+            raise CheckpointError(f"{path}: the training state is empty (truncated); {restart}")
+        raise UnsafeCheckpointError(
+            f"{path}: refused: not a training state written by unihema (not a PyTorch archive; a bare "
+            f"pickle could run code when loaded). Nothing in it was read or run; {restart}"
+        )
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: the training state is truncated or corrupt; {restart}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise UnsafeCheckpointError(
+            f"{path}: refused: it holds objects other than tensors and plain containers ({detail}); "
+            "loading them could run code, so nothing in it was run. Training states of format version "
+            f"{STATE_VERSION} hold none (version 1 pickled NumPy objects); {restart}"
+        ) from None
+    except (RuntimeError, EOFError, KeyError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot read the training state ({error}); {restart}") from None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        version = state.get("version") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path}: unsupported training-state version {version!r} (expected {STATE_VERSION}); {restart}"
+        )
     return state
 
 

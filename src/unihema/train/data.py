@@ -1,20 +1,26 @@
 """The data side of a training run: the samples of every stage, their loaders and the run's pre-processing.
 
-:class:`CorpusCache` reads each dataset of a run once (the built-in synthetic corpus and/or real datasets of
-the catalog), :func:`stage_samples` gathers a stage's training samples per task and
+:class:`CorpusCache` reads each dataset of a run once (the built-in synthetic corpus, manifests and/or real
+datasets of the catalog), :func:`stage_samples` gathers a stage's training samples per task and
 :func:`build_stage_loader` batches them with :class:`unihema.data.sampler.MultiTaskBatchSampler` (each rank
 gets its own share) and collects the detection classes each (dataset, task) annotates.
+
+A dataset listed under ``data.manifests`` stays on disk: its samples are
+:class:`~unihema.data.manifest.ManifestDataset` views (8 bytes per sample) and a stage's datasets are
+concatenated without being copied, so the memory of a run is bounded by its batches, not by its corpus.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from unihema.data.schema import SYNTHETIC_DATASET, Sample, Task
@@ -53,12 +59,39 @@ class CorpusCache:
         self._synthetic: Any = None
         self._real: dict[str, list[Sample]] | None = None
         self._annotated: dict[str, tuple[str, ...]] = {}
+        self._manifests: dict[str, dict[tuple[str, str], Sequence[Sample]]] = {}
 
     def real_dataset_names(self) -> list[str]:
+        """The catalog datasets the run's stages name (not the synthetic corpus nor the manifests)."""
+        other = {SYNTHETIC_DATASET, *self.config.data.manifests}
         names: list[str] = []
         for stage in self.config.stages:
-            names += [d for d in stage.datasets if d != SYNTHETIC_DATASET and d not in names]
+            names += [d for d in stage.datasets if d not in other and d not in names]
         return names
+
+    def _manifest_views(self, name: str) -> dict[tuple[str, str], Sequence[Sample]]:
+        """The samples of manifest dataset ``name`` per (task, split): line offsets only, one pass."""
+        if name not in self._manifests:
+            from unihema.data.manifest import ManifestDataset
+
+            path = Path(self.config.data.manifests[name]).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"data.manifests.{name}: manifest {path} not found")
+            manifest = ManifestDataset(path)
+            lines: dict[tuple[str, str], list[int]] = {}
+            for line in range(len(manifest)):
+                try:
+                    record = json.loads(manifest.read_line(line))
+                    key = (record.get("task"), record.get("split"))
+                except (ValueError, AttributeError):
+                    raise ValueError(f"{path}: line {line + 1} is not a JSON sample record") from None
+                lines.setdefault(key, []).append(line)
+            self._manifests[name] = {
+                key: ManifestDataset(path, offsets=manifest.offsets[np.asarray(found, dtype=np.int64)])
+                for key, found in lines.items()
+            }
+            logger.info("manifest %s (%s): %d samples", name, path, len(manifest))
+        return self._manifests[name]
 
     def _synthetic_corpus(self) -> Any:
         if self._synthetic is None:
@@ -111,9 +144,12 @@ class CorpusCache:
         self._real = real
         return real
 
-    def samples(self, dataset: str, task: Task, split: str) -> list[Sample]:
+    def samples(self, dataset: str, task: Task, split: str) -> Sequence[Sample]:
+        """The samples of ``dataset`` for ``task`` in ``split`` (a list, or a manifest view)."""
         if dataset == SYNTHETIC_DATASET:
             return self._synthetic_corpus().samples(task, split)
+        if dataset in self.config.data.manifests:
+            return self._manifest_views(dataset).get((task.value, split), [])
         real = self._load_real()
         return [s for s in real[dataset] if s.task is task and s.split == split]
 
@@ -121,6 +157,8 @@ class CorpusCache:
         """Bool ``(len(DETECTION_CLASSES),)``: the detection classes ``dataset`` annotates for ``task``."""
         if dataset == SYNTHETIC_DATASET:
             names: Sequence[str] = self._synthetic_corpus().annotated_classes(task)
+        elif dataset in self.config.data.manifests:
+            names = ()  # a manifest does not list them: its boxes tell (below)
         else:
             self._load_real()
             names = self._annotated.get(dataset, ())
@@ -137,11 +175,14 @@ class CorpusCache:
         return mask
 
 
-def stage_samples(cache: CorpusCache, stage: StageConfig) -> dict[Task, list[Sample]]:
-    """The stage's training samples per task (datasets concatenated in configuration order)."""
-    out: dict[Task, list[Sample]] = {}
+def stage_samples(cache: CorpusCache, stage: StageConfig) -> dict[Task, Sequence[Sample]]:
+    """The stage's training samples per task (datasets concatenated in configuration order; lists stay
+    lists, manifest views are concatenated without reading them)."""
+    from unihema.data.loader import ConcatenatedSamples
+
+    out: dict[Task, Sequence[Sample]] = {}
     for task, weights in stage.tasks.items():
-        samples: list[Sample] = []
+        parts: list[Sequence[Sample]] = []
         for dataset, weight in weights.items():
             if weight == 0:
                 continue
@@ -150,8 +191,11 @@ def stage_samples(cache: CorpusCache, stage: StageConfig) -> dict[Task, list[Sam
                 raise ValueError(
                     f"stage {stage.name!r}: dataset {dataset!r} has no {task.value} samples in split {stage.split!r}"
                 )
-            samples += found
-        out[task] = samples
+            parts.append(found)
+        if all(isinstance(part, list) for part in parts):
+            out[task] = [sample for part in parts for sample in part]
+        else:
+            out[task] = parts[0] if len(parts) == 1 else ConcatenatedSamples(parts)
     return out
 
 
@@ -164,23 +208,32 @@ class StageData:
         class_masks: bool ``(len(DETECTION_CLASSES),)`` per (dataset, task) with boxes: the classes the
             dataset annotates (a class it never labels is neither positive nor background there).
         sizes: number of training samples per task name (for the log).
+        samples: the training samples per task (what the loader indexes).
     """
 
     loader: Any
     class_masks: dict[tuple[str, Task], torch.Tensor]
     sizes: dict[str, int]
+    samples: dict[Task, Sequence[Sample]] = field(default_factory=dict)
 
 
 def build_stage_loader(
-    config: TrainConfig, corpus: CorpusCache, stage: StageConfig, index: int, context: DistributedContext
+    config: TrainConfig,
+    corpus: CorpusCache,
+    stage: StageConfig,
+    index: int,
+    context: DistributedContext,
+    num_workers: int | None = None,
 ) -> StageData:
-    """The loader of stage number ``index`` (0-based) for this rank, with its class masks and sizes."""
+    """The loader of stage number ``index`` (0-based) for this rank, with its class masks and sizes
+    (``num_workers``: data workers to start, ``data.num_workers`` when None)."""
     from unihema.data.loader import build_multitask_loader
 
     samples = stage_samples(corpus, stage)
     k = {task: stage.k_of(task) for task in samples}
+    workers = config.data.num_workers if num_workers is None else num_workers
     loader = build_multitask_loader(
-        samples, k, train=True, num_workers=config.data.num_workers, mode=stage.mode,
+        samples, k, train=True, num_workers=workers, mode=stage.mode,
         dataset_weights=stage.dataset_weights(), seed=config.seed + index,
         rank=context.rank, world_size=context.world_size, transform_config=config.data.transform_config(),
         class_masks=None, pin_memory=context.device.type == "cuda", pad_to_multiple=config.data.pad_to_multiple,
@@ -196,7 +249,7 @@ def build_stage_loader(
         if task.has_boxes
         for dataset in weights
     }
-    return StageData(loader, masks, {task.value: len(s) for task, s in samples.items()})
+    return StageData(loader, masks, {task.value: len(s) for task, s in samples.items()}, samples)
 
 
 def preprocessor_of(config: TrainConfig) -> Any:

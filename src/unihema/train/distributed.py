@@ -16,10 +16,11 @@ gradient.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,10 @@ from torch import nn
 
 # Generous: a rank can be busy writing a checkpoint while the others wait at a collective.
 _PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
+# While a batch runs in micro-batches: the counts of the whole batch (summed over ranks), by shape.
+_WHOLE_BATCH_COUNTS: contextvars.ContextVar[Mapping[tuple[int, ...], torch.Tensor] | None] = (
+    contextvars.ContextVar("whole_batch_counts", default=None)
+)
 
 
 @dataclass(frozen=True)
@@ -133,15 +138,47 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(tensor) / world_size()
 
 
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise minimum of ``tensor`` over ranks (so that every rank takes the same decision)."""
+    if not is_distributed():
+        return tensor
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MIN)
+    return out
+
+
 def per_rank_normaliser(local_count: torch.Tensor) -> torch.Tensor:
     """Normaliser making a per-rank ``sum / normaliser`` loss average (through DDP) to the global mean.
 
     Returns ``max(global_count, 1) / world_size`` (element-wise for vector counts): each rank divides its local
     sum by it, DDP averages gradients over ranks, and the result equals one process dividing the global sum
     by ``max(global_count, 1)``.
+
+    Inside :func:`whole_batch_counts` (a batch run in micro-batches) the global count is the one given
+    there for the whole batch, so each micro-batch's sum is divided by what the whole batch's would be and
+    the accumulated gradient equals the whole batch's.
     """
-    total = all_reduce_sum(local_count.float())
+    given = _WHOLE_BATCH_COUNTS.get()
+    if given is None:
+        total = all_reduce_sum(local_count.float())
+    else:
+        shape = tuple(local_count.shape)
+        if shape not in given:
+            raise RuntimeError(f"no whole-batch count of shape {shape} was given (have {sorted(given)})")
+        total = given[shape].to(device=local_count.device, dtype=torch.float32)
     return total.clamp(min=1.0) / world_size()
+
+
+@contextlib.contextmanager
+def whole_batch_counts(counts: Mapping[tuple[int, ...], torch.Tensor] | None) -> Iterator[None]:
+    """Make :func:`per_rank_normaliser` use ``counts`` (shape of the count -> its total over the whole
+    batch and every rank) in this block; ``None`` leaves it as it is."""
+    token = _WHOLE_BATCH_COUNTS.set(counts) if counts is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _WHOLE_BATCH_COUNTS.reset(token)
 
 
 def barrier() -> None:

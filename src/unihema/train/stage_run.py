@@ -1,7 +1,10 @@
-"""The set-up of one training stage: freezing, loader, DDP wrapper, optimiser and schedule, and their state.
+"""The set-up of one training stage: freezing, loader, memory plan, DDP wrapper, optimiser and schedule,
+and their state.
 
-:func:`prepare_stage` builds a :class:`StageRun`; :meth:`StageRun.training_state` is what a checkpoint saves
-of it and :meth:`StageRun.restore` puts such a state back, so a resumed stage continues with the next batch.
+:func:`prepare_stage` builds a :class:`StageRun` (its micro-batch sizes from :func:`unihema.train.memory.
+plan_memory`, which also refuses a stage that cannot fit); :meth:`StageRun.training_state` is what a
+checkpoint saves of it and :meth:`StageRun.restore` puts such a state back, so a resumed stage continues
+with the next batch.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from unihema.data.schema import Task
 from unihema.train import distributed as dist_utils
 from unihema.train.checkpoint import Progress, progress_to_state, set_rng_state
 from unihema.train.data import CorpusCache, StageData, build_stage_loader
 from unihema.train.history import MetricsWindow
+from unihema.train.memory import plan_memory
 from unihema.train.optim import apply_freezing, build_optimizer, build_scheduler, stage_total_steps
+from unihema.train.resources import Machine
 from unihema.train.stages import StageConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -37,6 +43,8 @@ class StageRun:
         scheduler: its learning-rate schedule.
         total_steps: optimiser steps of the stage.
         steps_per_epoch: batches of one epoch of the stage's sampler (for this rank).
+        micro_batch: images per forward/backward pass, per task (a task batch larger than that runs in
+            several passes whose gradients add up).
         window: running sums since the last ``metrics.csv`` row.
     """
 
@@ -49,6 +57,7 @@ class StageRun:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     total_steps: int
     steps_per_epoch: int
+    micro_batch: dict[Task, int] = field(default_factory=dict)
     window: MetricsWindow = field(default_factory=MetricsWindow)
 
     @property
@@ -87,9 +96,15 @@ def prepare_stage(
     index: int,
     base_trainable: set[str],
     context: dist_utils.DistributedContext,
+    *,
+    machine: Machine | None = None,
+    num_workers: int | None = None,
 ) -> StageRun:
-    """Freeze ``model`` for stage number ``index`` (0-based) and build its loader, DDP wrapper, optimiser
-    and schedule (``base_trainable``: the parameters the model itself leaves trainable)."""
+    """Freeze ``model`` for stage number ``index`` (0-based) and build its loader, memory plan, DDP
+    wrapper, optimiser and schedule (``base_trainable``: the parameters the model itself leaves
+    trainable; ``machine``: the resources, the real ones by default; ``num_workers``: data workers,
+    ``data.num_workers`` by default). Raises :class:`~unihema.train.memory.InsufficientMemoryError` when a
+    step cannot fit in the available memory."""
     stage = config.stages[index]
     counts = apply_freezing(model, stage, base_trainable)
     trained = [g for g, n in counts.items() if n > 0]
@@ -98,7 +113,10 @@ def prepare_stage(
         index + 1, len(config.stages), stage.name, ", ".join(trained) or "-", sum(counts.values()),
         ", ".join(g for g in counts if g not in trained) or "-",
     )  # fmt: skip
-    data = build_stage_loader(config, corpus, stage, index, context)
+    data = build_stage_loader(config, corpus, stage, index, context, num_workers)
+    plan = plan_memory(model, config, stage, data.samples, context.device, machine or Machine())
+    for line in plan.log_lines(stage):
+        logger.info("%s", line)
     steps_per_epoch = len(data.loader.batch_sampler)
     total_steps = stage_total_steps(stage, steps_per_epoch)
     logger.info(
@@ -108,4 +126,15 @@ def prepare_stage(
     ddp_model = dist_utils.wrap_model(model, context)
     optimizer = build_optimizer(model, stage)
     scheduler = build_scheduler(optimizer, stage, total_steps, steps_per_epoch)
-    return StageRun(stage, index, model, ddp_model, data, optimizer, scheduler, total_steps, steps_per_epoch)
+    return StageRun(
+        stage,
+        index,
+        model,
+        ddp_model,
+        data,
+        optimizer,
+        scheduler,
+        total_steps,
+        steps_per_epoch,
+        plan.micro_batch,
+    )

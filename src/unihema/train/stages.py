@@ -19,9 +19,11 @@ weights, each with its own tasks, data, trainable modules and schedule. A YAML f
         backbone_lr_scale: 0.1
         scheduler: {name: step, step_epochs: 10, gamma: 0.1}
 
-A dataset is ``synthetic`` (the built-in generated corpus) or the name of a real dataset of the catalog
-(:mod:`unihema.data.catalog`), read from ``data.root``. Module group names are those of
-:meth:`unihema.model.unihema.UniHema.module_groups` (:data:`MODULE_GROUPS`).
+A dataset is ``synthetic`` (the built-in generated corpus), a name listed under ``data.manifests`` (read
+lazily from a manifest file) or the name of a real dataset of the catalog (:mod:`unihema.data.catalog`),
+read from ``data.root``. Module group names are those of
+:meth:`unihema.model.unihema.UniHema.module_groups` (:data:`MODULE_GROUPS`). The sections other than the
+stages are defined in :mod:`unihema.train.config_sections` and re-exported here.
 
 Loading validates everything up front and raises :class:`TrainConfigError` naming the file, the stage
 and the field (``configs/x.yaml: stages[2] (step3_joint).lr must be > 0, got -1``).
@@ -30,8 +32,6 @@ and the field (``configs/x.yaml: stages[2] (step3_joint).lr must be > 0, got -1`
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -41,68 +41,27 @@ from typing import Any
 
 from unihema.data.schema import SPLITS, Task
 from unihema.model.configuration import MODULE_GROUPS
+from unihema.train.config_sections import (
+    DEVICES,
+    LEAK_ACTIONS,
+    PRECISIONS,
+    SCHEDULERS,
+    DataSpec,
+    ModelSpec,
+    RuntimeConfig,
+    SchedulerConfig,
+    TrainConfigError,
+    _require,
+    validate_data,
+    validate_runtime,
+)
 from unihema.train.losses import LossConfig
-from unihema.validation import ValidationError, is_int, is_number, require
+from unihema.validation import is_int, is_number
 
 BACKBONE_GROUP = "B"
 ALL_GROUPS = "all"
-SCHEDULERS: tuple[str, ...] = ("constant", "step", "cosine")
 BATCH_MODES: tuple[str, ...] = ("round_robin", "weighted", "joint")
-PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-LEAK_ACTIONS: tuple[str, ...] = ("drop", "move", "keep")
-
-
-class TrainConfigError(ValidationError):
-    """An invalid training configuration; the message names the field (and the stage)."""
-
-
-_require = functools.partial(require, error=TrainConfigError)
-
-
-@dataclass
-class SchedulerConfig:
-    """Learning-rate schedule of one stage, applied per optimiser step after an optional linear warm-up.
-
-    Attributes:
-        name: ``"constant"``, ``"step"`` (multiply by ``gamma`` every ``step_epochs`` epochs, the authors'
-            StepLR) or ``"cosine"`` (cosine decay to ``min_lr_scale`` x lr over the stage).
-        step_epochs: epochs between two decays of ``"step"`` (may be fractional).
-        gamma: decay factor of ``"step"``.
-        min_lr_scale: final learning rate of ``"cosine"`` as a fraction of the initial one.
-        warmup_steps: optimiser steps of linear warm-up from 0 at the start of the stage.
-    """
-
-    name: str = "step"
-    step_epochs: float = 10.0
-    gamma: float = 0.1
-    min_lr_scale: float = 0.0
-    warmup_steps: int = 0
-
-    def validate(self, where: str) -> None:
-        step_epochs, gamma = self.step_epochs, self.gamma
-        min_scale, warmup = self.min_lr_scale, self.warmup_steps
-        for name, valid, message in (
-            ("name", self.name in SCHEDULERS, f"must be one of {SCHEDULERS}"),
-            ("step_epochs", is_number(step_epochs) and step_epochs > 0, "must be a number > 0"),
-            ("gamma", is_number(gamma) and 0 < gamma <= 1, "must be in (0, 1]"),
-            ("min_lr_scale", is_number(min_scale) and 0 <= min_scale <= 1, "must be in [0, 1]"),
-            ("warmup_steps", is_int(warmup) and warmup >= 0, "must be an integer >= 0"),
-        ):
-            _require(valid, f"{where}.{name}", message, getattr(self, name))
-
-    def factor(self, step: int, total_steps: int, steps_per_epoch: int) -> float:
-        """Learning-rate multiplier at optimiser step ``step`` (0-based) of a stage of ``total_steps``."""
-        if self.warmup_steps and step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.name == "constant":
-            return 1.0
-        if self.name == "step":
-            decays = int(step // max(1.0, self.step_epochs * steps_per_epoch))
-            return self.gamma**decays
-        span = max(1, total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        return self.min_lr_scale + (1 - self.min_lr_scale) * 0.5 * (1 + math.cos(math.pi * progress))
+AUTO_MICRO_BATCH = "auto"
 
 
 @dataclass
@@ -118,6 +77,11 @@ class StageConfig:
         epochs: passes over the stage's data (an epoch is one pass of the multi-task sampler).
         max_steps: optimiser steps of the stage; with ``epochs`` too, whichever ends first.
         k_per_task: images per task per batch on each process, one number or task -> number.
+        micro_batch: how many of a task batch's images go through one forward and backward pass: ``null``
+            (all at once), a number (at most that many; the gradients of the passes add up to the one of
+            the whole batch, so the optimiser step is the same) or ``"auto"`` (the largest number that fits
+            ``runtime.memory_fraction`` of the available memory, per task). The images per optimiser step
+            and the learning dynamics stay those of ``k_per_task``.
         mode: batch composition: ``"round_robin"`` (one task per optimiser step, in turn), ``"weighted"``
             (tasks in random order) or ``"joint"`` (every step holds one batch of every task and one
             optimiser step follows the summed losses, as the paper's step 3).
@@ -136,6 +100,7 @@ class StageConfig:
     epochs: float | None = None
     max_steps: int | None = None
     k_per_task: int | dict[Task, int] = 2
+    micro_batch: int | str | None = None
     mode: str = "round_robin"
     lr: float = 1.0e-4
     backbone_lr_scale: float = 0.1
@@ -220,6 +185,13 @@ class StageConfig:
         if isinstance(self.k_per_task, dict):
             missing = [t.value for t in self.tasks if t not in self.k_per_task]
             _require(not missing, f"{where}.k_per_task", f"has no batch size for {missing}")
+        micro = self.micro_batch
+        _require(
+            micro is None or micro == AUTO_MICRO_BATCH or (is_int(micro) and micro > 0),
+            f"{where}.micro_batch",
+            f"must be a positive integer, {AUTO_MICRO_BATCH!r} or null",
+            micro,
+        )
         _require(self.mode in BATCH_MODES, f"{where}.mode", f"must be one of {BATCH_MODES}", self.mode)
         for name, low_open in (("lr", True), ("backbone_lr_scale", False), ("weight_decay", False)):
             value = getattr(self, name)
@@ -229,95 +201,6 @@ class StageConfig:
         _require(betas_ok, f"{where}.betas", "must be two numbers in [0, 1)", self.betas)
         _require(self.split in SPLITS, f"{where}.split", f"must be one of {SPLITS}", self.split)
         self.scheduler.validate(f"{where}.scheduler")
-
-
-@dataclass
-class ModelSpec:
-    """Which model a run starts from.
-
-    Attributes:
-        preset: a preset of :data:`unihema.model.presets.PRESET_REGISTRY` (``tiny``, ``paper``).
-        overrides: section -> fields merged into the preset (e.g. ``{vision: {num_queries: 100}}``).
-        config_file: a JSON/YAML model configuration used instead of ``preset``/``overrides``.
-        init_from: a directory written by ``UniHema.save_pretrained`` to start from (its configuration wins).
-    """
-
-    preset: str = "tiny"
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    config_file: str | None = None
-    init_from: str | None = None
-
-
-@dataclass
-class DataSpec:
-    """Where the data comes from and how it is prepared.
-
-    Attributes:
-        root: folder holding the real datasets (one sub-folder per catalog name); ``null`` uses
-            ``$UNIHEMA_DATASETS`` or ``../shared/datasets`` next to the working directory.
-        synthetic: fields of ``unihema.data.synthetic.SyntheticConfig`` for the generated corpus.
-        transforms: fields of :class:`unihema.data.transforms.TransformConfig` (sizes, augmentation).
-        splits: fields of :class:`unihema.data.splits.SplitConfig` for datasets without their own split.
-        leak_action: ``"drop"`` (default) or ``"move"`` training images that duplicate an evaluation image
-            of any dataset used by the run (see :func:`unihema.data.splits.resolve_cross_dataset_leaks`),
-            or ``"keep"`` to skip the check.
-        reader_options: dataset name -> reader options merged over the catalog's (e.g.
-            ``{wbcatt: {tasks: [cell_morphology, vqa, mlm]}}`` to also build WBCAtt's text samples).
-        num_workers: data-loading worker processes per rank (0 loads in the training process, which also
-            makes a resumed run replay the exact augmentation draws).
-        pad_to_multiple: batches are padded to a multiple of this many pixels.
-    """
-
-    root: str | None = None
-    synthetic: dict[str, Any] = field(default_factory=dict)
-    transforms: dict[str, Any] = field(default_factory=dict)
-    splits: dict[str, Any] = field(default_factory=dict)
-    leak_action: str = "drop"
-    reader_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    num_workers: int = 0
-    pad_to_multiple: int = 32
-
-    def transform_config(self) -> Any:
-        """``transforms`` as a :class:`unihema.data.transforms.TransformConfig`."""
-        from unihema.data.transforms import TransformConfig
-
-        return TransformConfig(**_tuples(self.transforms))
-
-    def synthetic_config(self) -> Any:
-        """``synthetic`` as a :class:`unihema.data.synthetic.SyntheticConfig` (``ValueError`` on an unknown field)."""
-        from unihema.data.synthetic import SyntheticConfig
-
-        try:
-            return SyntheticConfig(**_tuples(self.synthetic))
-        except TypeError as error:
-            raise ValueError(f"data.synthetic has an unknown field ({error})") from None
-
-
-@dataclass
-class RuntimeConfig:
-    """How the training process runs.
-
-    Attributes:
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        precision: ``"float32"`` or ``"bfloat16"`` (autocast of the forward; weights stay float32).
-        log_every: optimiser steps between two rows of ``metrics.csv`` / TensorBoard points.
-        checkpoint_every: optimiser steps between two checkpoints (plus one at each stage end); 0 = only at
-            stage ends.
-        keep_last: number of step checkpoints kept (stage-end checkpoints are always kept).
-        max_nonfinite_steps: a run stops after this many consecutive steps with a non-finite loss or
-            gradient (each such step is skipped and logged).
-        tensorboard: also write TensorBoard event files under ``tensorboard/``.
-        deterministic: ask PyTorch for deterministic algorithms (slower; for reproducibility checks).
-    """
-
-    device: str = "auto"
-    precision: str = "float32"
-    log_every: int = 10
-    checkpoint_every: int = 500
-    keep_last: int = 3
-    max_nonfinite_steps: int = 5
-    tensorboard: bool = True
-    deterministic: bool = False
 
 
 @dataclass
@@ -352,8 +235,8 @@ class TrainConfig:
             stage.validate(where)
             _require(stage.name not in names, f"{where}.name", "is used by two stages", stage.name)
             names.add(stage.name)
-        _validate_runtime(self.runtime)
-        _validate_data(self.data)
+        validate_runtime(self.runtime)
+        validate_data(self.data)
         if self.model.config_file is None and self.model.init_from is None:
             from unihema.model.presets import PRESET_REGISTRY
 
@@ -435,58 +318,6 @@ class TrainConfig:
                 raise TrainConfigError(f"--stages: {part!r} is outside 1-{len(self.stages)}")
             chosen.update(range(first - 1, last))
         return sorted(chosen)
-
-
-def _validate_runtime(runtime: RuntimeConfig) -> None:
-    _require(runtime.device in DEVICES, "runtime.device", f"must be one of {DEVICES}", runtime.device)
-    _require(
-        runtime.precision in PRECISIONS,
-        "runtime.precision",
-        f"must be one of {PRECISIONS}",
-        runtime.precision,
-    )
-    for name, minimum in (
-        ("log_every", 1),
-        ("checkpoint_every", 0),
-        ("keep_last", 1),
-        ("max_nonfinite_steps", 1),
-    ):
-        value = getattr(runtime, name)
-        _require(
-            is_int(value) and value >= minimum, f"runtime.{name}", f"must be an integer >= {minimum}", value
-        )
-
-
-def _validate_data(data: DataSpec) -> None:
-    _require(
-        data.leak_action in LEAK_ACTIONS,
-        "data.leak_action",
-        f"must be one of {LEAK_ACTIONS}",
-        data.leak_action,
-    )
-    for name, minimum in (("num_workers", 0), ("pad_to_multiple", 1)):
-        value = getattr(data, name)
-        _require(
-            is_int(value) and value >= minimum, f"data.{name}", f"must be an integer >= {minimum}", value
-        )
-    for name in ("synthetic", "transforms", "splits", "reader_options"):
-        _require(
-            isinstance(getattr(data, name), dict), f"data.{name}", "must be a mapping", getattr(data, name)
-        )
-    from unihema.data.splits import SplitConfig
-    from unihema.data.transforms import TransformConfig
-
-    for name, cls in (("transforms", TransformConfig), ("splits", SplitConfig)):
-        try:
-            cls(**_tuples(getattr(data, name)))
-        except TypeError as error:
-            raise TrainConfigError.for_field(f"data.{name}", f"has an unknown field ({error})") from None
-        except ValueError as error:
-            raise TrainConfigError.for_field(f"data.{name}:", str(error)) from None
-
-
-def _tuples(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()}
 
 
 def _build(cls: type, data: Any, where: str, converters: Mapping[str, Any] | None = None) -> Any:
@@ -591,3 +422,22 @@ def _train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
         runtime=_build(RuntimeConfig, data.get("runtime"), "runtime"),
         seed=data.get("seed", 42),
     )
+
+
+__all__ = [
+    "ALL_GROUPS",
+    "AUTO_MICRO_BATCH",
+    "BACKBONE_GROUP",
+    "BATCH_MODES",
+    "DEVICES",
+    "LEAK_ACTIONS",
+    "PRECISIONS",
+    "SCHEDULERS",
+    "DataSpec",
+    "ModelSpec",
+    "RuntimeConfig",
+    "SchedulerConfig",
+    "StageConfig",
+    "TrainConfig",
+    "TrainConfigError",
+]

@@ -13,9 +13,16 @@ Each selected stage starts from the weights the previous one ended with. Per sta
    stage's split, cross-dataset duplicates of evaluation images removed) and batches them with
    :class:`unihema.data.sampler.MultiTaskBatchSampler` (each rank gets its own share);
 3. builds a fresh AdamW (backbone at ``lr * backbone_lr_scale``) and the stage's schedule;
-4. runs optimiser steps: in ``round_robin``/``weighted`` mode a step is one task-homogeneous batch, in
-   ``joint`` mode one batch per task whose losses are summed before the single optimiser step;
-5. writes a checkpoint every ``runtime.checkpoint_every`` steps and at the end of the stage.
+4. estimates the memory a step needs and refuses a stage that cannot fit, naming the stage, the batch and
+   the memory (:mod:`unihema.train.memory`), and picks the micro-batch size of every task;
+5. runs optimiser steps: in ``round_robin``/``weighted`` mode a step is one task-homogeneous batch, in
+   ``joint`` mode one batch per task whose losses are summed before the single optimiser step; a task
+   batch larger than its micro-batch size runs in several passes whose gradients add up to the whole
+   batch's (:mod:`unihema.train.accumulation`);
+6. writes a checkpoint every ``runtime.checkpoint_every`` steps and at the end of the stage.
+
+The data workers are capped by the CPU cores the process may use unless ``data.cap_workers`` is false
+(:func:`unihema.train.resources.worker_count`; the reason is logged).
 
 A step whose loss or gradient norm is not finite is skipped (no weight update) and logged; after
 ``runtime.max_nonfinite_steps`` of them in a row the run stops with :class:`NonFiniteLossError`, and the
@@ -37,7 +44,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,7 @@ from torch import nn
 
 from unihema.data.schema import Task
 from unihema.train import distributed as dist_utils
+from unihema.train.accumulation import accumulate_gradients, autocast_factory
 from unihema.train.checkpoint import (
     MODEL_DIR,
     Progress,
@@ -75,6 +82,7 @@ from unihema.train.history import (
 )
 from unihema.train.losses import LOSS_FAMILIES, UniHemaCriterion
 from unihema.train.optim import apply_freezing, build_optimizer, stage_total_steps
+from unihema.train.resources import Machine, worker_count
 from unihema.train.stage_run import StageRun, prepare_stage
 from unihema.train.stages import StageConfig, TrainConfig
 
@@ -120,6 +128,7 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         context: dist_utils.DistributedContext | None = None,
+        machine: Machine | None = None,
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
@@ -127,6 +136,8 @@ class Trainer:
         self.show_progress = progress
         self.context = context or dist_utils.DistributedContext()
         self.device = self.context.device
+        self.machine = machine or Machine()
+        self.num_workers = config.data.num_workers
         self.criterion = UniHemaCriterion(config.loss)
         self.corpus = CorpusCache(config)
         self.stage_indices = prepare_run_dir(
@@ -174,6 +185,10 @@ class Trainer:
         runtime = self.config.runtime
         if runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        data = self.config.data
+        self.num_workers, reason = worker_count(data.num_workers, data.cap_workers, self.machine)
+        if reason is not None:
+            logger.info("%s", reason)
         seed_everything(self.config.seed)
         model, progress, state = self._start()
         # The model folder records the pre-processing of this run, so eval and predict use it by default.
@@ -225,7 +240,10 @@ class Trainer:
         state: dict[str, Any] | None,
     ) -> None:
         runtime = self.config.runtime
-        run = prepare_stage(self.config, self.corpus, model, index, base_trainable, self.context)
+        run = prepare_stage(
+            self.config, self.corpus, model, index, base_trainable, self.context,
+            machine=self.machine, num_workers=self.num_workers,
+        )  # fmt: skip
         if state is not None:
             run.restore(state, progress, self.context.rank)
         bar = None
@@ -286,43 +304,26 @@ class Trainer:
     # ------------------------------------------------------------------------------------- step
     def _train_step(self, run: StageRun, batch: dict[str, Any], progress: Progress) -> float:
         """One optimiser step (skipped when the loss or gradient is not finite); returns the mean loss."""
-        runtime = self.config.runtime
         stage, optimizer = run.stage, run.optimizer
-        micro_batches = list(batch.values()) if stage.mode == "joint" else [batch]
+        task_batches = list(batch.values()) if stage.mode == "joint" else [batch]
         optimizer.zero_grad(set_to_none=True)
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if runtime.precision == "bfloat16"
-            else nullcontext()
-        )
+        autocast = autocast_factory(self.device, self.config.runtime.precision)
         total = torch.zeros((), device=self.device)
         terms: dict[str, torch.Tensor] = {}
         images = 0
-        for position, micro in enumerate(micro_batches):
-            task: Task = micro["task"]
-            targets = to_device(micro["targets"], self.device)
-            if task.has_boxes:
-                for target, sample in zip(targets, micro["samples"]):
-                    mask = run.data.class_masks.get((sample.dataset, task))
-                    if mask is not None:
-                        target["class_mask"] = mask.to(self.device)
-            batch_images = micro["images"].to(self.device, non_blocking=True)
-            image_mask = micro["image_mask"].to(self.device, non_blocking=True)
-            synchronise = position == len(micro_batches) - 1
-            with dist_utils.sync_context(run.ddp_model, synchronise):
-                with autocast:
-                    outputs = run.ddp_model(batch_images, task, micro["prompts"], targets, image_mask)
-                losses = self.criterion(outputs, targets, task, padded_size=tuple(batch_images.shape[-2:]))
-                loss = losses["loss"]
-                if self.context.enabled:
-                    loss = dist_utils.touch_outputs(loss, outputs)
-                loss.backward()
-            total = total + loss.detach()
+        for position, task_batch in enumerate(task_batches):
+            task: Task = task_batch["task"]
+            losses = accumulate_gradients(
+                run.ddp_model, self.criterion, self._on_device(run, task_batch), run.micro_batch[task],
+                autocast=autocast, synchronise=position == len(task_batches) - 1,
+                touch_outputs=self.context.enabled,
+            )  # fmt: skip
+            total = total + losses["loss"]
             for name, value in losses.items():
                 if name != "loss":
                     family = loss_family(name)
-                    terms[family] = terms.get(family, 0.0) + value.detach()
-            images += batch_images.shape[0]
+                    terms[family] = terms.get(family, 0.0) + value
+            images += task_batch["images"].shape[0]
 
         # Every rank takes the same decision: the loss sum and its finiteness are reduced first.
         reduced = dist_utils.all_reduce_sum(torch.stack([total, (~torch.isfinite(total)).float()]))
@@ -344,9 +345,23 @@ class Trainer:
             optimizer.step()
             progress.nonfinite_streak = 0
         run.scheduler.step()
-        tasks = "+".join(m["task"].value for m in micro_batches)
+        tasks = "+".join(b["task"].value for b in task_batches)
         run.window.add(mean_loss, terms, grad_norm, images * self.context.world_size, skipped, tasks)
         return mean_loss
+
+    def _on_device(self, run: StageRun, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` with its images, padding mask and targets on the device; detection targets get the
+        ``class_mask`` of their dataset."""
+        task: Task = batch["task"]
+        targets = to_device(batch["targets"], self.device)
+        if task.has_boxes:
+            for target, sample in zip(targets, batch["samples"]):
+                mask = run.data.class_masks.get((sample.dataset, task))
+                if mask is not None:
+                    target["class_mask"] = mask.to(self.device)
+        images = batch["images"].to(self.device, non_blocking=True)
+        image_mask = batch["image_mask"].to(self.device, non_blocking=True)
+        return {**batch, "images": images, "image_mask": image_mask, "targets": targets}
 
     # ------------------------------------------------------------------------------ logging, ckpt
     def _log(self, run: StageRun, progress: Progress) -> None:
@@ -392,6 +407,7 @@ def run_training(
     stages: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    machine: Machine | None = None,
 ) -> nn.Module:
     """Train ``config``'s curriculum in ``run_dir`` and return the trained :class:`UniHema` (eval mode).
 
@@ -404,16 +420,22 @@ def run_training(
         resume: continue the run in ``run_dir`` from its newest checkpoint (``config`` must equal the run's
             snapshot; ``stages`` must be None or the same selection).
         progress: show a tqdm progress bar (loss, images/s, ETA) on the main process.
+        machine: the cores and memory the run may use (:class:`~unihema.train.resources.Machine`; the
+            real ones by default).
 
     Launched under ``torchrun`` the function trains data-parallel (one process per device, gloo on CPU,
     NCCL on GPU); only rank 0 writes files. Raises :class:`NonFiniteLossError` after too many non-finite
-    steps in a row, ``ValueError``/``FileNotFoundError`` for bad configurations or data.
+    steps in a row, :class:`~unihema.train.memory.InsufficientMemoryError` (a ``ValueError``) when a stage
+    cannot fit in the available memory, :class:`~unihema.train.checkpoint.CheckpointError` for a resumed
+    training state that is truncated, corrupt or holds objects that could run code,
+    ``ValueError``/``FileNotFoundError`` for bad configurations or data.
     """
     context = dist_utils.setup(config.runtime.device)
     try:
         trainer = Trainer(
-            config, Path(run_dir), stages=stages, resume=resume, progress=progress, context=context
-        )
+            config, Path(run_dir), stages=stages, resume=resume, progress=progress, context=context,
+            machine=machine,
+        )  # fmt: skip
         return trainer.run()
     finally:
         dist_utils.teardown(context)

@@ -26,9 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
-from unihema.data.schema import Fixed, ReadResult, Sample, Skipped, Task
+from unihema.data.schema import (
+    IMAGE_ERRORS,
+    Fixed,
+    ReadResult,
+    Sample,
+    Skipped,
+    Task,
+    image_error_reason,
+    printable_name,
+)
 from unihema.data.vocab import CELL_CLASSES, DETECTION_CLASSES
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -87,7 +97,7 @@ class OptionError(ValueError):
 
 def dataset_name(root: Path, dataset: str | None) -> str:
     """The registry name of a dataset: ``dataset`` when given, else the root folder's name in lower case."""
-    return dataset if dataset else Path(root).resolve().name.lower()
+    return dataset if dataset else printable_name(Path(root).resolve().name.lower())
 
 
 def default_disease(dataset: str, disease: str | None) -> str | None:
@@ -116,11 +126,13 @@ def split_from_path(path: Path, root: Path) -> str | None:
 
 
 def relative(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` (posix), or the absolute path when it lies outside ``root``."""
+    """``path`` relative to ``root`` (posix), or the absolute path when it lies outside ``root``; a file
+    name that is not UTF-8 shows its bytes as escapes (:func:`~unihema.data.schema.printable_name`)."""
     try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+        name = Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
     except ValueError:
-        return Path(path).resolve().as_posix()
+        name = Path(path).resolve().as_posix()
+    return printable_name(name)
 
 
 def parse_tasks(
@@ -146,6 +158,15 @@ def parse_tasks(
     if not out:
         raise OptionError("tasks", f"{reader}: tasks must name at least one of {[t.value for t in allowed]}")
     return tuple(out)
+
+
+def yaml_error_text(err: Exception) -> str:
+    """A YAML parse error in one line: the problem and where (``expected ',' or ']' at line 2, column 6``)."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{err.problem or err.context}{where}"
+    return " ".join(str(err).split())
 
 
 def check_options(options: Mapping[str, object], known: Iterable[str], reader: str) -> None:
@@ -336,10 +357,8 @@ def check_image(path: Path, verify: bool) -> tuple[tuple[int, int] | None, str |
             width, height = im.size
             if verify:
                 im.load()
-    except FileNotFoundError:
-        return None, "image file not found"
-    except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three for damaged files
-        return None, f"unreadable image ({err})"
+    except IMAGE_ERRORS as err:  # missing, empty, damaged or decompression-bomb-sized files
+        return None, image_error_reason(err)
     if width <= 0 or height <= 0:
         return None, f"image has an empty size {width}x{height}"
     return (height, width), None
@@ -468,8 +487,9 @@ def clean_boxes(
     clipped = boxes.copy()
     clipped[:, 0::2] = clipped[:, 0::2].clip(0, width)
     clipped[:, 1::2] = clipped[:, 1::2].clip(0, height)
-    area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-    keep = area > 0
+    # Decided on the float32 coordinates the samples keep: a sliver narrower than their precision is empty.
+    stored = clipped.astype(np.float32)
+    keep = (stored[:, 2] > stored[:, 0]) & (stored[:, 3] > stored[:, 1])
     for i in np.flatnonzero(~keep):
         inside = (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1]) > 0
         where = "lies outside the image" if inside else "has zero area"
@@ -477,7 +497,7 @@ def clean_boxes(
     moved = keep & (np.abs(clipped - boxes) > ROUNDING_TOLERANCE_PX).any(axis=1)
     for i in np.flatnonzero(moved):
         fixes.append(f"clipped {names[i]} box {_fmt(boxes[i])} to the image ({width}x{height})")
-    return BoxCheck(clipped[keep].astype(np.float32), labels[keep], keep, tuple(fixes), None)
+    return BoxCheck(stored[keep], labels[keep], keep, tuple(fixes), None)
 
 
 def _bad(error: str) -> BoxCheck:

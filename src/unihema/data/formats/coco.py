@@ -21,6 +21,7 @@ targets and kept in ``Sample.extra["crowd_boxes"]``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,7 @@ def _attribute_values(ann: dict[str, Any]) -> tuple[list[int], list[str]]:
         value = merged.get(attribute)
         if value is None:
             values.append(UNKNOWN)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == int(value):
+        elif _is_number(value) and value == int(value):
             if 0 <= int(value) < len(names):
                 values.append(int(value))
             else:
@@ -111,12 +112,26 @@ def _attribute_values(ann: dict[str, Any]) -> tuple[list[int], list[str]]:
     return values, problems
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_id(value: Any) -> bool:
+    """An image, category or annotation id: a number or a text (not a list, a mapping, null or a bool)."""
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+
+
+def _is_size(value: Any) -> bool:
+    """A usable image side: a finite positive number."""
+    return _is_number(value) and value >= 1
+
+
 def _polygon_box(segmentation: Any) -> list[float] | None:
-    """xywh box around COCO polygon(s), or None when there is no polygon."""
+    """xywh box around COCO polygon(s), or None when there is no polygon of finite numbers."""
     if not isinstance(segmentation, list) or not segmentation:
         return None
     points = [v for poly in segmentation if isinstance(poly, list) for v in poly]
-    if len(points) < 4:
+    if len(points) < 4 or not all(_is_number(v) for v in points):
         return None
     xs, ys = points[0::2], points[1::2]
     return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
@@ -247,24 +262,74 @@ def _read_file(context: _CocoContext, path: Path, samples: list[Sample]) -> set[
         record.skip(where, "not a COCO annotation file: no `images` list")
         return set()
     categories: dict[Any, int | str] = {}
-    for cat in data.get("categories") or []:
+    declared = data.get("categories")
+    for cat in declared if isinstance(declared, list) else []:
+        if not isinstance(cat, dict) or not _is_id(cat.get("id")):
+            record.skip(where, f"category {cat!r} is not an object with a number or text `id`: not read")
+            continue
         cat_name = str(cat.get("name", ""))
         try:
-            categories[cat.get("id")] = detection_index(context.class_map.get(cat_name, cat_name))
+            categories[cat["id"]] = detection_index(context.class_map.get(cat_name, cat_name))
         except KeyError:
-            categories[cat.get("id")] = f"category {cat_name!r} is not in the detection vocabulary"
-    by_image: dict[Any, list[dict[str, Any]]] = {}
-    for ann in data.get("annotations") or []:
-        by_image.setdefault(ann.get("image_id"), []).append(ann)
+            categories[cat["id"]] = f"category {cat_name!r} is not in the detection vocabulary"
+    by_image = _annotations_by_image(record, where, data)
+    if by_image is None:
+        return set()
     coco_file = _CocoFile(
         where, categories, by_image, _image_dirs(path, context.images_root), _split_of(path)
     )
-    for info in data["images"]:
+    for position, info in enumerate(data["images"]):
+        if not isinstance(info, dict) or not _is_id(info.get("id")):
+            record.skip(f"{where}: images[{position}]", "not an object with a number or text `id`")
+            continue
         sample = _read_image(context, coco_file, info)
         if sample is not None:
             samples.append(sample)
     # Every declared category is annotated (an image without its boxes has none of it).
     return {value for value in categories.values() if isinstance(value, int)}
+
+
+def _annotations_by_image(
+    record: ReadReport, where: str, data: dict[str, Any]
+) -> dict[Any, list[dict[str, Any]]] | None:
+    """Image id -> its annotations, or ``None`` when the file is skipped (recorded): a file without an
+    ``annotations`` list, or whose annotations name no image, would give object-free images silently.
+    Annotations that name no image of the file are recorded as skipped."""
+    annotations = data.get("annotations")
+    n_images = len(data["images"])
+    if not isinstance(annotations, list):
+        found = (
+            "no `annotations` list"
+            if annotations is None
+            else f"`annotations` is a {type(annotations).__name__}"
+        )
+        record.skip(where, f"{found}: its {n_images} images would read as holding no objects; not read")
+        return None
+    if not annotations and n_images:
+        record.fix(
+            where, f"`annotations` is empty: its {n_images} images are read as holding no objects", warn=True
+        )
+    ids = {info.get("id") for info in data["images"] if isinstance(info, dict) and _is_id(info.get("id"))}
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    orphans: list[Any] = []
+    for ann in annotations:
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        if not _is_id(image_id) or image_id not in ids:
+            orphans.append(ann.get("id") if isinstance(ann, dict) else ann)
+            continue
+        by_image.setdefault(image_id, []).append(ann)
+    if orphans and not by_image:
+        record.skip(
+            where, f"none of its {len(annotations)} annotations names an image by `image_id`; not read"
+        )
+        return None
+    for ann_id in orphans:
+        record.skip(
+            f"{where}: annotation {ann_id}",
+            "its `image_id` is missing or names no image of the file: its box belongs to no image",
+            group="annotations naming no image",
+        )
+    return by_image
 
 
 def _read_image(context: _CocoContext, coco_file: _CocoFile, info: dict[str, Any]) -> Sample | None:
@@ -282,7 +347,7 @@ def _read_image(context: _CocoContext, coco_file: _CocoFile, info: dict[str, Any
         record.skip(item, f"image file {file_name} not found")
         return None
     size: tuple[int, int] | None = None
-    if isinstance(info.get("width"), (int, float)) and isinstance(info.get("height"), (int, float)):
+    if _is_size(info.get("width")) and _is_size(info.get("height")):
         size = (int(info["height"]), int(info["width"]))
     if context.verify or size is None:
         real, problem = check_image(image, context.verify)
@@ -295,8 +360,11 @@ def _read_image(context: _CocoContext, coco_file: _CocoFile, info: dict[str, Any
         size = real
     boxes, labels, attrs, crowd = [], [], [], []
     for ann in coco_file.annotations.get(info.get("id"), []):
-        category = coco_file.categories.get(
-            ann.get("category_id"), f"category id {ann.get('category_id')} is not defined"
+        category_id = ann.get("category_id")
+        category = (
+            coco_file.categories.get(category_id, f"category id {category_id} is not defined")
+            if _is_id(category_id)
+            else f"category_id {category_id!r} is not a number or a text id"
         )
         if isinstance(category, str):
             record.skip(item, f"annotation {ann.get('id')}: {category}")

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from unihema.data.formats._common import OptionError
+from unihema.data.formats._common import OptionError, yaml_error_text
 from unihema.data.formats.base import READERS, detect, get_reader, load_all_readers, reader_options
 from unihema.data.schema import ReadResult
 
@@ -75,7 +75,7 @@ def load_descriptor(root: Path) -> DatasetDescriptor | None:
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise DescriptorError(f"{path}: not a readable YAML file ({_one_line(err)})") from None
+        raise DescriptorError(f"{path}: not a readable YAML file ({yaml_error_text(err)})") from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
@@ -130,7 +130,9 @@ def parse_option_pairs(pairs: Iterable[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise ValueError(f"--option {pair!r}: the value is not valid YAML ({_one_line(err)})") from None
+            raise ValueError(
+                f"--option {pair!r}: the value is not valid YAML ({yaml_error_text(err)})"
+            ) from None
         if key in options:
             raise ValueError(f"--option {pair!r}: option {key!r} is given twice")
         options[key] = value
@@ -280,7 +282,3 @@ def _check_names(
             raise error(
                 f"{where(name)}: the {format} reader has no such option; its options: {', '.join(sorted(known))}"
             )
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())

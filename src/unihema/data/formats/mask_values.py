@@ -27,11 +27,10 @@ import numpy as np
 from PIL import Image
 
 from unihema.data.formats._common import OptionError, ReadReport
-from unihema.data.schema import mask_to_grey
+from unihema.data.schema import LOSSY_MASK_EXTENSIONS, FileMask, mask_to_grey, read_image
 
 Colour = tuple[int, int, int]
 
-LOSSY_MASK_EXTENSIONS = (".jpg", ".jpeg")
 MAX_MASK_COLOURS = 32
 """A lossless image with at most this many distinct colours (in a sample of its pixels) is a mask."""
 SNIFF_SIDE = 256
@@ -241,12 +240,33 @@ def nearest_colours(rgb: np.ndarray, colours: Sequence[Colour]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ checks
 
 
+EMPTY_MASK_GROUP = "masks without a foreground pixel (their images are taught as holding no cell)"
+LABEL_MAP_GROUP = (
+    "masks read as label maps (class indices, not grey levels): every nonzero label is foreground"
+)
+
+
+def _note_coverage(
+    record: ReadReport, where: str, foreground: int, total: int, how: str, extra: dict[str, Any]
+) -> None:
+    """Record a mask that reads as all background (``extra["empty_mask"]``) or as all foreground."""
+    if foreground == 0:
+        extra["empty_mask"] = True
+        record.fix(where, f"no pixel is foreground {how}", group=EMPTY_MASK_GROUP)
+    elif foreground == total:
+        record.fix(
+            where,
+            f"every pixel is foreground {how}: if the background has another value, give colour_map or mapping",
+            warn=True,
+        )
+
+
 def check_colours(record: ReadReport, mask: Path, colours: ColourMap, extra: dict[str, Any]) -> bool:
     """Report the colours of ``mask`` that ``colours`` does not hold (warned, named with their pixel counts);
-    note a mask without foreground. False when the mask is to be skipped (``unknown="skip"``)."""
+    note a mask all background or all foreground. False when the mask is to be skipped
+    (``unknown="skip"``). :class:`~unihema.data.schema.UnreadableImageError` when it cannot be decoded."""
     where = record.relative(mask)
-    with Image.open(mask) as im:
-        rgb = mask_rgb(im, colours.background)
+    rgb = read_image(mask, lambda im: mask_rgb(im, colours.background))
     if is_lossy(mask):
         rgb = nearest_colours(rgb, tuple(colours.colours.values()))
     values, counts = np.unique(pack(rgb), return_counts=True)
@@ -256,8 +276,8 @@ def check_colours(record: ReadReport, mask: Path, colours: ColourMap, extra: dic
     foreground = int(counts[np.isin(values, fg)].sum()) + (
         int(counts[stray].sum()) if colours.unknown == "foreground" else 0
     )
-    if foreground == 0:
-        extra["empty_mask"] = True
+    total = rgb.shape[0] * rgb.shape[1]
+    _note_coverage(record, where, foreground, total, "under the colour_map", extra)
     if not stray.any():
         return True
     order = np.argsort(-counts[stray])
@@ -266,7 +286,7 @@ def check_colours(record: ReadReport, mask: Path, colours: ColourMap, extra: dic
         for v, c in zip(values[stray][order][:SHOWN_COLOURS], counts[stray][order][:SHOWN_COLOURS])
     )
     more = f" and {int(stray.sum()) - SHOWN_COLOURS} more" if stray.sum() > SHOWN_COLOURS else ""
-    message = f"colours not in colour_map: {listed}{more} ({int(counts[stray].sum())} of {rgb.shape[0] * rgb.shape[1]} px)"
+    message = f"colours not in colour_map: {listed}{more} ({int(counts[stray].sum())} of {total} px)"
     if colours.unknown == "skip":
         record.skip(where, f"{message}; skipped (unknown_colours='skip')")
         return False
@@ -274,25 +294,27 @@ def check_colours(record: ReadReport, mask: Path, colours: ColourMap, extra: dic
     return True
 
 
+def _mask_image(im: Image.Image) -> tuple[str, np.ndarray, np.ndarray | None]:
+    return im.mode, mask_to_grey(im), np.asarray(im) if im.mode == "RGB" else None
+
+
 def check_grey_levels(
     record: ReadReport,
-    mask: Path,
+    mask: FileMask,
     mapping: str | Sequence[int],
     levels: Sequence[int] | None,
     extra: dict[str, Any],
 ) -> None:
-    """Note an empty mask; record RGBA masks, colour masks read without a colour map, masks that read as all
-    foreground and values off the expected ``levels`` as fixed."""
-    where = record.relative(mask)
-    with Image.open(mask) as im:
-        mode = im.mode
-        grey = mask_to_grey(im)
-        rgb = np.asarray(im) if mode == "RGB" else None
+    """Record as fixed: RGBA masks, colour masks read without a colour map, label maps, masks that read as
+    all background (``extra["empty_mask"]``) or all foreground, and values off the expected ``levels``.
+    :class:`~unihema.data.schema.UnreadableImageError` when the mask cannot be decoded."""
+    where = record.relative(mask.path)
+    mode, grey, rgb = read_image(mask.path, _mask_image)
     if mode in ("RGBA", "LA"):
         record.fix(where, f"{mode} mask read as the brightest colour channel where alpha > 0")
     if (
         rgb is not None
-        and not is_lossy(mask)
+        and not is_lossy(mask.path)
         and ((rgb[..., 0] != rgb[..., 1]) | (rgb[..., 1] != rgb[..., 2])).any()
     ):
         values, counts = np.unique(pack(rgb), return_counts=True)
@@ -305,16 +327,20 @@ def check_grey_levels(
             warn=True,
         )
     values, counts = np.unique(grey, return_counts=True)
-    if values.size == 1 and values[0] == 0:
-        extra["empty_mask"] = True
-    if mapping == "nonzero" and not is_lossy(mask) and values[0] > 0:
+    label_map = mask.reads_as_label_map(grey)
+    if label_map:
+        listed = ", ".join(str(v) for v in values[:SHOWN_COLOURS].tolist())
         record.fix(
             where,
-            f"every pixel is foreground under mapping 'nonzero' (no black pixel; most common value "
-            f"{int(values[counts.argmax()])}): if the background has another value, give colour_map or mapping",
-            warn=True,
+            f"values {listed} are class indices, not the grey levels of mapping {mapping!r}: every nonzero "
+            "label read as foreground (give mapping=[...] to choose labels)",
+            group=LABEL_MAP_GROUP,
         )
-    if levels is None:
+    foreground = int(mask.select(grey).sum())
+    no_black = "no black pixel; " if mapping == "nonzero" and values[0] > 0 else ""
+    how = f"under mapping {mapping!r} ({no_black}most common value {int(values[counts.argmax()])})"
+    _note_coverage(record, where, foreground, grey.size, how, extra)
+    if levels is None or label_map:
         return
     stray = ~np.isin(values, levels)
     if stray.any():

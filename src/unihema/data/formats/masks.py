@@ -22,6 +22,11 @@ What the mask values mean (see :mod:`unihema.data.formats.mask_values`): foregro
 - ``"nucleus"``: the same 3-level masks, foreground = values nearer to 255 than to 128;
 - a sequence of ints: exactly those values.
 
+Label maps (masks of class indices 0 / 1 / 2 ... instead of grey levels) would read as empty under
+``"cell"`` and ``"nucleus"``: a lossless mask whose values are all at most
+:data:`~unihema.data.schema.LABEL_MAP_MAX_VALUE` is read as a label map, every nonzero label foreground
+(recorded as fixed, with one warning). Masks all background or all foreground are recorded as fixed too.
+
 ``colour_map`` reads colour-coded masks instead: ``{"nucleus": [0, 255, 255], "cytoplasm": [0, 0, 255],
 "background": [255, 255, 255]}`` makes every pixel that is not background-coloured foreground (or only the
 classes ``foreground`` names); colours not in the map are warned about, naming the file and the colours,
@@ -73,7 +78,7 @@ from unihema.data.formats.mask_values import (
     parse_colour_map,
 )
 from unihema.data.formats.voc import read_split_lists
-from unihema.data.schema import FileImage, FileMask, ReadResult, Sample, Task
+from unihema.data.schema import FileImage, FileMask, ReadResult, Sample, Task, UnreadableImageError
 from unihema.data.vocab import CELL_CLASSES, cell_index
 
 THREE_LEVELS = (0, 128, 255)
@@ -84,6 +89,9 @@ MAPPING_THRESHOLDS: dict[str, int] = {
 }
 MAPPING_LEVELS: dict[str, tuple[int, ...]] = {"cell": THREE_LEVELS, "nucleus": THREE_LEVELS}
 LOSSY_GROUP = "lossy (JPEG) masks: compression leaves noisy labels near edges"
+CHECKED_MASKS = 3
+"""Grey masks decoded at read time to check their values (label maps, colour masks read without a colour
+map, masks all background or all foreground) when images are not verified; ``verify_images`` checks all."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +221,8 @@ class MaskReader:
             (default False).
         disease: disease context of every sample (default: the dataset's known context, else ``None``).
         verify_images: decode every image and mask to catch damaged files, and report mask values that are
-            not one of the expected levels (default False: headers only).
+            not one of the expected levels, label maps and masks all background or all foreground (default
+            False: headers only, and the values of the first :data:`CHECKED_MASKS` grey masks).
         use_split_lists: take the split from VOC split lists beside ``images_root`` when the dataset's
             layout says so (default True).
     """
@@ -294,6 +303,7 @@ class MaskReader:
         )
         samples: list[Sample] = []
         cell_classes: set[int] = set()
+        checked = 0
         for pair in pairs:
             if pair.mask is None:
                 assert pair.image is not None
@@ -303,7 +313,8 @@ class MaskReader:
                 where_images = record.relative(image_dir if image_dir is not None else pair.group)
                 record.skip(pair.mask, f"mask has no image {pair.mask.stem}.* in {where_images}")
                 continue
-            sample = _pair_sample(context, pair)
+            sample = _pair_sample(context, pair, verify_images or checked < CHECKED_MASKS)
+            checked += 1
             if sample is None:
                 continue
             samples.append(sample)
@@ -394,8 +405,9 @@ def _mask_ref(context: _MaskContext, mask: Path) -> FileMask | ColourMask:
     return FileMask(mask, **context.foreground)
 
 
-def _pair_sample(context: _MaskContext, pair: MaskPair) -> Sample | None:
-    """The segmentation sample of one image + mask pair, or ``None`` (recorded as skipped)."""
+def _pair_sample(context: _MaskContext, pair: MaskPair, check_values: bool) -> Sample | None:
+    """The segmentation sample of one image + mask pair, or ``None`` (recorded as skipped); with
+    ``check_values`` a grey mask is decoded to check its values (see :data:`CHECKED_MASKS`)."""
     assert pair.image is not None and pair.mask is not None
     record = context.record
     where = record.relative(pair.mask)
@@ -413,13 +425,18 @@ def _pair_sample(context: _MaskContext, pair: MaskPair) -> Sample | None:
     extra: dict[str, Any] = {"mask_path": pair.mask, "mapping": context.mapping}
     if pair.group != record.root:
         extra["group"] = record.relative(pair.group)
-    if context.colours is not None:
-        extra["colour_map"] = context.colours.describe()
-        if not check_colours(record, pair.mask, context.colours, extra):
-            return None
-    elif context.verify:
-        levels = MAPPING_LEVELS.get(context.mapping) if isinstance(context.mapping, str) else None
-        check_grey_levels(record, pair.mask, context.mapping, levels, extra)
+    mask = _mask_ref(context, pair.mask)
+    try:
+        if context.colours is not None:
+            extra["colour_map"] = context.colours.describe()
+            if not check_colours(record, pair.mask, context.colours, extra):
+                return None
+        elif check_values:
+            levels = MAPPING_LEVELS.get(context.mapping) if isinstance(context.mapping, str) else None
+            check_grey_levels(record, mask, context.mapping, levels, extra)  # type: ignore[arg-type]
+    except UnreadableImageError as error:
+        record.skip(where, str(error).replace(str(pair.mask), "mask", 1))
+        return None
     label = context.class_labels.get(pair.group, {}).get(_normal_id(pair.mask.stem))
     if label is not None:
         class_name = context.class_codes.get(label, label)
@@ -439,7 +456,7 @@ def _pair_sample(context: _MaskContext, pair: MaskPair) -> Sample | None:
         or split_from_path(pair.group, record.root)
         or split_from_path(pair.mask.parent, record.root),
         disease=context.disease,
-        mask=_mask_ref(context, pair.mask),
+        mask=mask,
         image_size=size,
         source_path=pair.image,
         extra=extra,

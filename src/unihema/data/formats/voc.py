@@ -8,14 +8,19 @@ else in the folder whose images share the most stems with the XML files (or with
 fields), e.g. ``XML Files/`` + ``Images/``. Split lists are read from ``ImageSets/Main/`` beside the
 annotation folder; without them the split comes from a folder name (``train/``, ``Test/``) when there is one.
 
-Coordinates are read as absolute xyxy pixels; ``<size>`` gives the image size without decoding the image.
-The ``<path>`` element is ignored (it holds the labelling machine's absolute path). A ``<filename>`` that
-names no file is resolved by the XML file's stem (recorded as fixed). Byte-identical images are loaded once
+Coordinates are read as absolute xyxy pixels. The image size is read from the image's header (cheap, no
+decoding): a ``<size>`` that disagrees with it is not trusted, the image's own size is used and the
+difference recorded as fixed (warned), so boxes are clipped against the real image, the same in
+``unihema data check``, training and evaluation. The ``<path>`` element is ignored (it holds the
+labelling machine's absolute path). A ``<filename>`` that names no file is resolved by the XML file's stem
+(recorded as fixed). Split-list lines are whole image ids (ids may hold spaces); ids that name no
+annotation file are recorded as fixed. Byte-identical images are loaded once
 when annotated alike and skipped when not (see :func:`~unihema.data.formats._common.drop_identical_images`).
 """
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -147,20 +152,24 @@ def find_voc_roots(root: Path) -> list[Path]:
     return [voc_set.base for voc_set in find_voc_sets(root)]
 
 
+def split_list_paths(voc_root: Path) -> dict[str, Path]:
+    """Split -> its list file ``ImageSets/Main/<split>.txt`` under ``voc_root``, for the lists present."""
+    paths = {split: voc_root / SPLIT_LIST_DIR / f"{split}.txt" for split in SPLIT_LISTS}
+    return {split: path for split, path in paths.items() if path.is_file()}
+
+
 def read_split_lists(voc_root: Path) -> tuple[dict[str, str], list[str]]:
     """Image id -> split from ``ImageSets/Main/{train,val,test}.txt`` and the ids listed in more than one.
 
+    Each line is one image id (surrounding blanks stripped): ids may hold spaces (``my cell 01``).
     An id listed in several split lists is put in the last of train, val, test (the most conservative
     against train/test leakage).
     """
     split_of: dict[str, str] = {}
     conflicts: list[str] = []
-    for split in SPLIT_LISTS:
-        path = voc_root / SPLIT_LIST_DIR / f"{split}.txt"
-        if not path.is_file():
-            continue
+    for split, path in split_list_paths(voc_root).items():
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            image_id = line.split()[0] if line.split() else ""
+            image_id = line.strip()
             if not image_id:
                 continue
             if image_id in split_of and split_of[image_id] != split:
@@ -195,8 +204,10 @@ def _parse_xml(path: Path, class_map: Mapping[str, str]) -> dict[str, Any]:
     size = None
     size_el = top.find("size")
     if size_el is not None and size_el.findtext("width") and size_el.findtext("height"):
-        width, height = int(_number(size_el, "width")), int(_number(size_el, "height"))
-        size = (height, width) if width > 0 and height > 0 else None
+        width, height = _number(size_el, "width"), _number(size_el, "height")
+        # A side that is not a finite positive number says nothing: the image's own size is used.
+        usable = all(math.isfinite(side) and side >= 1 for side in (width, height))
+        size = (int(height), int(width)) if usable else None
     names, boxes, labels, difficult = [], [], [], []
     for i, obj in enumerate(top.iter("object")):
         name = (obj.findtext("name") or "").strip()
@@ -234,8 +245,8 @@ class VocReader:
     Options of :meth:`read`:
         disease: disease context of every sample (default: the dataset's known context, e.g. ``"healthy"``
             for ``bccd``, else ``None``).
-        verify_images: decode every image to catch truncated files and check the XML size (default False:
-            only checks that the image file exists).
+        verify_images: decode every image to catch truncated files (default False: only its header is
+            read, for its size).
         class_map: dataset class name -> vocabulary name, applied before alias lookup (default none).
         use_split_lists: take ``split`` from ``ImageSets/Main/{train,val,test}.txt`` (default True).
     """
@@ -294,9 +305,9 @@ class VocReader:
             )
             image_dir, xml_dir = voc_set.images, voc_set.annotations
             used_images: set[Path] = set()
-            for xml_path in sorted(
-                p for p in xml_dir.iterdir() if p.is_file() and p.suffix.lower() == ".xml"
-            ):
+            xml_files = sorted(p for p in xml_dir.iterdir() if p.is_file() and p.suffix.lower() == ".xml")
+            _note_unknown_ids(record, voc_set.base, split_of, {p.stem for p in xml_files})
+            for xml_path in xml_files:
                 sample = _read_annotation(voc_context, xml_path, image_dir)
                 if sample is None:
                     continue
@@ -309,6 +320,21 @@ class VocReader:
         samples = drop_identical_images(samples, record)
         seen_labels = {int(label) for sample in samples for label in sample.box_labels}
         return record.finish(self.name, samples, annotated(seen_labels))
+
+
+def _note_unknown_ids(
+    record: ReadReport, voc_root: Path, split_of: Mapping[str, str], stems: set[str]
+) -> None:
+    """Record, per split list, the ids that name no annotation file (their lines are not used)."""
+    unknown: dict[str, list[str]] = {}
+    for image_id, split in split_of.items():
+        if image_id not in stems:
+            unknown.setdefault(split, []).append(image_id)
+    for split, path in split_list_paths(voc_root).items():
+        ids = unknown.get(split)
+        if ids:
+            shown = ", ".join(repr(i) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
+            record.fix(path, f"{len(ids)} id(s) name no annotation file ({shown}): not used", warn=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -341,18 +367,17 @@ def _read_annotation(context: _VocContext, xml_path: Path, image_dir: Path) -> S
         return None
     if parsed["filename"] and image.name != parsed["filename"]:
         record.fix(where, f"<filename> says {parsed['filename']}, used {image.name} (same stem)")
-    size = parsed["size"]
-    if context.verify or size is None:
-        real_size, problem = check_image(image, context.verify)
-        if problem:
-            record.skip(image, problem)
-            return None
-        if size is not None and real_size != size:
-            record.skip(
-                where, f"<size> {size[1]}x{size[0]} differs from the image {real_size[1]}x{real_size[0]}"
-            )
-            return None
-        size = real_size
+    declared = parsed["size"]
+    size, problem = check_image(image, context.verify)
+    if problem:
+        record.skip(image, problem)
+        return None
+    if declared is not None and declared != size:
+        record.fix(
+            where,
+            f"<size> {declared[1]}x{declared[0]} differs from the image {size[1]}x{size[0]}: used the image's size",
+            warn=True,
+        )
     checked = clean_boxes(parsed["boxes"], parsed["labels"], size, parsed["names"])
     if checked.error:
         record.skip(where, checked.error)

@@ -23,6 +23,7 @@ Image sizes come from the image headers (needed to turn normalised boxes into pi
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from unihema.data.formats._common import (
     list_images,
     relative,
     split_from_path,
+    yaml_error_text,
 )
 from unihema.data.formats._pairing import SNIFF_FILES, FolderIndex, first_lines
 from unihema.data.formats.base import WrongFormatError, register_reader
@@ -186,6 +188,27 @@ def _splits_by_pairing(root: Path, yaml_splits: dict[Path, str]) -> list[YoloSpl
     return splits
 
 
+_YAML_IGNORED = "ignored; folders and class names found without it"
+
+
+def load_yaml_config(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The mapping of a ``data.yaml`` and ``None``, or what of it can be used and what cannot, in words."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return {}, f"not a readable YAML file ({yaml_error_text(err)}): {_YAML_IGNORED}"
+    if not isinstance(loaded, dict):
+        found = type(loaded).__name__
+        return {}, f"expected a mapping with train/val/test and names, got {found}: {_YAML_IGNORED}"
+    names = loaded.get("names")
+    if names is not None and _yaml_names(loaded) is None:
+        return loaded, (
+            f"`names` must be a list or a mapping id -> name, got {names!r}: class names taken from "
+            f"{' or '.join(CLASS_NAME_FILES)} or the names= option"
+        )
+    return loaded, None
+
+
 def find_yolo_layout(root: Path) -> tuple[Path | None, dict[str, Any], list[YoloSplit]]:
     """The yaml (or None), its parsed content and the image/label folder pairs that hold ``.txt`` labels
     (by the folder names of the module docstring first, else by content and pairing)."""
@@ -194,11 +217,7 @@ def find_yolo_layout(root: Path) -> tuple[Path | None, dict[str, Any], list[Yolo
     config: dict[str, Any] = {}
     splits: list[YoloSplit] = []
     if yaml_path is not None:
-        try:
-            loaded = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError):
-            loaded = None
-        config = loaded if isinstance(loaded, dict) else {}
+        config = load_yaml_config(yaml_path)[0]
         splits = _splits_from_yaml(yaml_path, config)
     yaml_splits = {s.images: s.split for s in splits if s.split}
     if not splits:
@@ -210,9 +229,13 @@ def find_yolo_layout(root: Path) -> tuple[Path | None, dict[str, Any], list[Yolo
 
 
 def _yaml_names(config: dict[str, Any]) -> list[str] | None:
+    """The ``names`` of a yaml by class id, or ``None`` when absent or not a list / id-keyed mapping."""
     names = config.get("names")
     if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names, key=int)]
+        try:
+            return [str(names[k]) for k in sorted(names, key=int)]
+        except (TypeError, ValueError):
+            return None
     if isinstance(names, list):
         return [str(n) for n in names]
     return None
@@ -301,7 +324,15 @@ class YoloReader:
             )
         name = dataset_name(root, dataset)
         record = ReadReport(name, root, warn_at_once=True)
-        class_ids = _class_ids(record, yaml_path, config, splits, names, class_map or {})
+        problem = load_yaml_config(yaml_path)[1] if yaml_path is not None else None
+        if problem:
+            record.fix(yaml_path, problem, warn=True)
+        try:
+            class_ids = _class_ids(record, yaml_path, config, splits, names, class_map or {})
+        except ValueError as err:
+            if problem:  # the yaml's names could not be read: say why
+                raise ValueError(f"{err}; {yaml_path}: {problem}") from None
+            raise
         context = _YoloContext(
             record=record,
             disease=default_disease(name, disease),
@@ -404,6 +435,8 @@ def _read_split(context: _YoloContext, split: YoloSplit) -> list[Sample]:
         if isinstance(parsed, str):
             record.skip(label_where, parsed)
             continue
+        if label_path is not None and not len(parsed[1]):
+            record.fix(label_where, "empty label file: read as an image without objects (YOLO convention)")
         checked = clean_boxes(parsed[0], parsed[1], size)
         if checked.error:
             record.skip(label_where, checked.error)
@@ -472,8 +505,10 @@ def _parse_label_file(
         except ValueError:
             return f"line {lineno}: not a number in {line.strip()!r}"
         cls = values[0]
-        if cls != int(cls) or not 0 <= int(cls) < len(class_ids):
+        if not math.isfinite(cls) or cls != int(cls) or not 0 <= int(cls) < len(class_ids):
             return f"line {lineno}: class id {fields[0]} is not one of 0..{len(class_ids) - 1}"
+        if not all(math.isfinite(v) for v in values[1:]):
+            return f"line {lineno}: a coordinate is not a finite number in {line.strip()!r}"
         cx, cy, w, h = values[1:]
         if w < 0 or h < 0:
             return f"line {lineno}: negative width or height in {line.strip()!r}"

@@ -16,9 +16,8 @@ import onnx
 import pytest
 import torch
 
-from support.testers import small_test_config
+from support.testers import SMALL_INPUTS, small_test_config
 from unihema.cli import main
-from unihema.data.transforms import TransformConfig
 from unihema.deploy import compare_with_onnxruntime, example_inputs, export_onnx, export_pretrained
 from unihema.deploy.onnx_export import (
     TOLERANCE,
@@ -31,12 +30,6 @@ from unihema.deploy.onnx_export import (
 from unihema.inference.preprocessor import PreprocessorConfig
 from unihema.model.unihema import UniHema
 
-SMALL_INPUTS = PreprocessorConfig(
-    transforms=TransformConfig(
-        det_train_sizes=(64,), det_eval_size=64, det_max_size=96, seg_size=64, cls_size=32, text_size=32
-    ),
-    pad_to_multiple=32,
-)
 EXPORTED_SIZES = {"detection": (96, 96), "segmentation": (64, 64), "classification": (32, 32)}
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import ndimage
 from torch import nn
 
-from support.testers import small_test_config
+from support.testers import SMALL_INPUTS, small_test_config
 from unihema.data.transforms import TransformConfig
 from unihema.inference.image_processor import ImageInputError, load_image
 from unihema.inference.predictor import Predictor
@@ -21,13 +21,6 @@ from unihema.inference.preprocessor import PreprocessorConfig
 from unihema.inference.results import Prediction
 from unihema.model.outputs import DetectionOutput, SegmentationOutput, VisionOutput
 from unihema.model.unihema import UniHema
-
-SMALL_INPUTS = PreprocessorConfig(
-    transforms=TransformConfig(
-        det_train_sizes=(64,), det_eval_size=64, det_max_size=96, seg_size=64, cls_size=32, text_size=32
-    ),
-    pad_to_multiple=32,
-)
 
 
 @pytest.fixture(scope="module")

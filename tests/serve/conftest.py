@@ -11,17 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.testers import small_test_config
-from unihema.data.transforms import TransformConfig
-from unihema.inference.preprocessor import PreprocessorConfig
+from support.testers import SMALL_INPUTS, small_test_config
 from unihema.model.unihema import UniHema
-
-SMALL_INPUTS = PreprocessorConfig(
-    transforms=TransformConfig(
-        det_train_sizes=(64,), det_eval_size=64, det_max_size=96, seg_size=64, cls_size=32, text_size=32
-    ),
-    pad_to_multiple=32,
-)
 
 
 @pytest.fixture(scope="session")

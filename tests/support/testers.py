@@ -6,10 +6,19 @@ from typing import Any
 
 import torch
 
+from unihema.data.transforms import TransformConfig
+from unihema.inference.preprocessor import PreprocessorConfig
 from unihema.model.configuration import UniHemaConfig
 
 IMAGE_SIZE = 64
 PROMPTS = ["Q: What is the shape of the nucleus?", "This image is for the detection of rbc cells"]
+SMALL_INPUTS = PreprocessorConfig(
+    transforms=TransformConfig(
+        det_train_sizes=(64,), det_eval_size=64, det_max_size=96, seg_size=64, cls_size=32, text_size=32
+    ),
+    pad_to_multiple=32,
+)
+"""Small input sizes for models used through the predictor, the server or an export (``model.preprocessor``)."""
 
 
 def small_test_config(**overrides: Any) -> UniHemaConfig:

@@ -144,7 +144,8 @@ def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: A
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found")
     # The folder's unihema.yaml (if any) gives its format and reader options; --option overrides them.
-    result = read_dataset(root, args.format, parse_option_pairs(args.option or []))
+    # Samples are named after NAME, as training names them, so both hash the same splits.
+    result = read_dataset(root, args.format, parse_option_pairs(args.option or []), dataset=name)
     samples = result.samples
     if seen:
         from unihema.data.splits import SplitConfig, assign_splits

@@ -5,7 +5,14 @@ Examples::
     unihema train --config src/unihema/configs/demo.yaml --out runs/demo
     unihema train --config configs/paper.yaml --stages 3-6 --out runs/paper-late
     unihema train --resume runs/demo                      # continue where it stopped
+    unihema train --config my.yaml --data smears="/data/My smears" --out runs/smears
     torchrun --nproc_per_node 2 -m unihema train --config src/unihema/configs/demo.yaml --out runs/ddp
+
+``--data NAME=PATH`` (repeatable) adds the folder PATH, in any native layout, to the configuration's
+``data.folders`` under NAME (a bare PATH is named after its folder, as in ``unihema eval``), and
+``--option KEY=VALUE`` (repeatable, the value is YAML) gives a reader option for those folders, over their
+``unihema.yaml``, as ``unihema eval`` and ``unihema data check`` take it. The stages name NAME like any
+other dataset.
 """
 
 from __future__ import annotations
@@ -14,6 +21,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from unihema.data.schema import SYNTHETIC_DATASET
+
+if TYPE_CHECKING:
+    from unihema.train.stages import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +49,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its newest checkpoint",
     )
+    parser.add_argument(
+        "--data", action="append", default=[], metavar="NAME=PATH",
+        help="a dataset folder in a native layout for data.folders: NAME=PATH, or a PATH (named after its "
+        "folder); the stages name it NAME (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="reader option for the --data folders (repeatable; values are YAML), over their unihema.yaml",
+    )  # fmt: skip
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (logs still go to train.log)"
     )
@@ -61,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--config is required (unless --resume RUN_DIR)")
         config = TrainConfig.load(args.config)
         run_dir = args.out if args.out is not None else Path("runs") / args.config.stem
+    config = with_folders(config, args.data, args.option)
     try:
         run_training(
             config, run_dir, stages=args.stages, resume=args.resume is not None, progress=not args.no_progress
@@ -74,3 +97,34 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained model: {run_dir / 'final'}")
     return 0
+
+
+def with_folders(config: TrainConfig, data: list[str], option_pairs: list[str]) -> TrainConfig:
+    """``config`` with the ``--data NAME=PATH`` folders added to ``data.folders`` and the ``--option``
+    reader options merged over each one's ``data.reader_options``."""
+    from unihema.cli.evaluate import parse_data_spec
+    from unihema.data.formats import parse_option_pairs
+    from unihema.train.stages import TrainConfig
+
+    options = parse_option_pairs(option_pairs)
+    if options and not data:
+        raise ValueError("--option applies to the --data folders; give --data NAME=PATH too")
+    if not data:
+        return config
+    folders: dict[str, str] = {}
+    for value in data:
+        name, path = parse_data_spec(value)
+        if path is None:
+            raise ValueError(
+                f"--data {SYNTHETIC_DATASET}: the built-in corpus is not a folder; stages name it as is"
+            )
+        if name in folders and folders[name] != path:
+            raise ValueError(f"--data {value}: dataset {name!r} is given twice ({folders[name]} and {path})")
+        folders[name] = path
+    plain = config.to_dict()
+    plain["data"]["folders"] = {**plain["data"].get("folders", {}), **folders}
+    if options:
+        readers = plain["data"].setdefault("reader_options", {})
+        for name in folders:
+            readers[name] = {**readers.get(name, {}), **options}
+    return TrainConfig.from_dict(plain, source="--data")

@@ -114,6 +114,14 @@ class DataSpec:
             it is read line by line when a batch needs a sample, so the run's memory does not grow with
             the corpus. Its samples keep the splits the manifest records, and it is left out of the
             cross-dataset duplicate check (which would decode every image).
+        folders: dataset name -> a dataset folder in its native layout, outside the catalog (``--data
+            NAME=PATH`` of ``unihema train``). It is read as ``unihema data check DIR`` reads it: with the
+            reader its ``unihema.yaml`` descriptor names, else the detected one, and the descriptor's
+            options with ``reader_options`` of that name over them; the log says which format and rule
+            matched. Stages name such a dataset like any other and its samples get the same splits,
+            cross-dataset duplicate check and annotated-class masks as a catalog dataset's. A name that is
+            also a catalog name reads this folder: the explicit folder wins, without the catalog's
+            reader or options. A missing folder stops the run when its datasets are first read.
         num_workers: data-loading worker processes per rank (0 loads in the training process, which also
             makes a resumed run replay the exact augmentation draws).
         cap_workers: cap ``num_workers`` at the CPU cores this process may run on
@@ -129,6 +137,7 @@ class DataSpec:
     leak_action: str = "drop"
     reader_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     manifests: dict[str, str] = field(default_factory=dict)
+    folders: dict[str, str] = field(default_factory=dict)
     num_workers: int = 0
     cap_workers: bool = True
     pad_to_multiple: int = 32
@@ -228,18 +237,21 @@ def validate_data(data: DataSpec) -> None:
     _require(
         isinstance(data.cap_workers, bool), "data.cap_workers", "must be true or false", data.cap_workers
     )
-    for name in ("synthetic", "transforms", "splits", "reader_options", "manifests"):
+    for name in ("synthetic", "transforms", "splits", "reader_options", "manifests", "folders"):
         _require(
             isinstance(getattr(data, name), dict), f"data.{name}", "must be a mapping", getattr(data, name)
         )
-    for name, path in data.manifests.items():
+    # A dataset named by a path: a manifest file or a folder in its native layout.
+    for section, kind in (("manifests", "a manifest path"), ("folders", "a dataset folder path")):
+        for name, path in getattr(data, section).items():
+            where = f"data.{section}.{name}"
+            _require(name != SYNTHETIC_DATASET, where, "is the name of the built-in corpus; rename it")
+            _require(isinstance(path, str) and path != "", where, f"must be {kind}", path)
+    for name in data.folders:
         _require(
-            name != SYNTHETIC_DATASET,
-            f"data.manifests.{name}",
-            "is the name of the built-in corpus; rename it",
-        )
-        _require(
-            isinstance(path, str) and path != "", f"data.manifests.{name}", "must be a manifest path", path
+            name not in data.manifests,
+            f"data.folders.{name}",
+            "is also listed under data.manifests; a dataset is read from one of them",
         )
     from unihema.data.splits import SplitConfig
     from unihema.data.transforms import TransformConfig

@@ -1,9 +1,10 @@
 """The data side of a training run: the samples of every stage, their loaders and the run's pre-processing.
 
-:class:`CorpusCache` reads each dataset of a run once (the built-in synthetic corpus, manifests and/or real
-datasets of the catalog), :func:`stage_samples` gathers a stage's training samples per task and
-:func:`build_stage_loader` batches them with :class:`unihema.data.sampler.MultiTaskBatchSampler` (each rank
-gets its own share) and collects the detection classes each (dataset, task) annotates.
+:class:`CorpusCache` reads each dataset of a run once (the built-in synthetic corpus, manifests, the folders
+of ``data.folders`` and/or real datasets of the catalog), :func:`stage_samples` gathers a stage's training
+samples per task and :func:`build_stage_loader` batches them with
+:class:`unihema.data.sampler.MultiTaskBatchSampler` (each rank gets its own share) and collects the
+detection classes each (dataset, task) annotates.
 
 A dataset listed under ``data.manifests`` stays on disk: its samples are
 :class:`~unihema.data.manifest.ManifestDataset` views (8 bytes per sample) and a stage's datasets are
@@ -15,18 +16,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from unihema.data.schema import SYNTHETIC_DATASET, Sample, Task
+from unihema.data.schema import SYNTHETIC_DATASET, ReadResult, Sample, Task
 from unihema.data.vocab import DETECTION_CLASSES, detection_index
 from unihema.train.distributed import DistributedContext
 from unihema.train.stages import StageConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from unihema.data.formats import ReadPlan
 
 DATASETS_ENV = "UNIHEMA_DATASETS"
 # Seed offsets so that the per-rank augmentation streams and the loader generators differ from each other
@@ -46,10 +50,41 @@ def datasets_root(configured: str | None) -> Path:
     return Path.cwd().parent / "shared" / "datasets"
 
 
+@dataclass(frozen=True)
+class _FolderSource:
+    """A real dataset's folder, its name in the samples, how messages name it and a catalog entry's reader
+    and options (used when neither the run's reader options nor the folder's descriptor choose one)."""
+
+    folder: Path
+    dataset: str
+    label: str
+    default_format: str | None = None
+    default_options: Mapping[str, Any] | None = None
+
+
+_FORMAT_SOURCES = {
+    "given": "given",
+    "descriptor": "named by its descriptor",
+    "default": "of its catalog entry",
+    "detected": "detected",
+}
+
+
+def _describe_plan(plan: ReadPlan) -> str:
+    """``"voc reader (detected: 5 XML files ... paired by stem with 5 images in 'Images/')"``."""
+    details = [_FORMAT_SOURCES.get(plan.format_source, plan.format_source)]
+    if plan.descriptor is not None:
+        details.append(f"options of {plan.descriptor.path}")
+    text = f"{plan.format} reader ({', '.join(details)}"
+    return f"{text}: {plan.rule})" if plan.rule else f"{text})"
+
+
 class CorpusCache:
     """Samples per (dataset, task, split) and the detection classes each (dataset, task) annotates.
 
-    Real datasets are read once (through the catalog's reader and options), given splits
+    Real datasets (the folders of ``data.folders`` and the catalog's) are read once, each through
+    :func:`unihema.data.formats.plan_read` like ``unihema data check`` (the run's ``reader_options``, the
+    folder's descriptor, a catalog entry's reader and options, else format detection), given splits
     (:func:`unihema.data.splits.assign_splits`) and cleaned of training images that duplicate an evaluation
     image of any real dataset the run uses (:func:`unihema.data.splits.resolve_cross_dataset_leaks`).
     """
@@ -62,7 +97,8 @@ class CorpusCache:
         self._manifests: dict[str, dict[tuple[str, str], Sequence[Sample]]] = {}
 
     def real_dataset_names(self) -> list[str]:
-        """The catalog datasets the run's stages name (not the synthetic corpus nor the manifests)."""
+        """The datasets the run's stages name that are read from a folder: those of ``data.folders`` and
+        the catalog's (not the synthetic corpus nor the manifests)."""
         other = {SYNTHETIC_DATASET, *self.config.data.manifests}
         names: list[str] = []
         for stage in self.config.stages:
@@ -100,44 +136,70 @@ class CorpusCache:
             self._synthetic = SyntheticCorpus(self.config.data.synthetic_config())
         return self._synthetic
 
+    def _source(self, name: str, root: Path) -> _FolderSource:
+        """Where dataset ``name`` is read from: its ``data.folders`` entry, else its catalog folder."""
+        folders = self.config.data.folders
+        if name in folders:  # an explicit folder wins over a catalog entry of the same name
+            folder = Path(folders[name]).expanduser()
+            if not folder.is_dir():
+                raise FileNotFoundError(f"data.folders.{name}: dataset folder {folder} not found")
+            return _FolderSource(folder, name, f"dataset {name!r} (data.folders.{name})")
+        from unihema.data.catalog import get_dataset
+
+        try:
+            entry = get_dataset(name)
+        except KeyError as error:
+            raise KeyError(f"{error.args[0]}; list a folder of your own under data.folders") from None
+        if entry.kind != "staged" or entry.reader is None:
+            raise ValueError(
+                f"dataset {name!r} is a catalog entry without a local reader; use the name of a staged "
+                "dataset folder (run `unihema data list`) or list its folder under data.folders"
+            )
+        folder = root / entry.name
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"dataset {name!r}: folder {folder} not found (set data.root or ${DATASETS_ENV})"
+            )
+        return _FolderSource(folder, entry.name, f"dataset {name!r}", entry.reader, entry.options)
+
+    def _read(self, name: str, source: _FolderSource) -> ReadResult:
+        """The :class:`~unihema.data.schema.ReadResult` of ``source``, with at least one sample."""
+        from unihema.data.formats import DescriptorError, WrongFormatError, plan_read, read_planned
+
+        try:
+            # The folder's own unihema.yaml may name another layout; the run's reader_options win over it.
+            plan = plan_read(
+                source.folder, options=self.config.data.reader_options.get(name, {}),
+                default_format=source.default_format, default_options=source.default_options,
+            )  # fmt: skip
+            result = read_planned(plan, dataset=source.dataset)
+        except (WrongFormatError, DescriptorError) as error:
+            raise type(error)(f"{source.label}: {error}") from None
+        how = _describe_plan(plan)
+        if not result.samples:
+            skipped = result.skipped
+            first = (
+                f"; {len(skipped)} skipped, first {skipped[0].path}: {skipped[0].reason}" if skipped else ""
+            )
+            raise ValueError(f"{source.label}: the {how} found no samples in {source.folder}{first}")
+        logger.info(
+            "read %s from %s with the %s: %d samples (%d skipped, %d fixed)",
+            name, source.folder, how, len(result.samples), len(result.skipped), len(result.fixed),
+        )  # fmt: skip
+        return result
+
     def _load_real(self) -> dict[str, list[Sample]]:
         if self._real is not None:
             return self._real
-        from unihema.data.catalog import get_dataset
-        from unihema.data.formats import read_dataset
         from unihema.data.splits import SplitConfig, assign_splits, resolve_cross_dataset_leaks
 
         root = datasets_root(self.config.data.root)
         split_config = SplitConfig(**self.config.data.splits)
         real: dict[str, list[Sample]] = {}
         for name in self.real_dataset_names():
-            entry = get_dataset(name)
-            if entry.kind != "staged" or entry.reader is None:
-                raise ValueError(
-                    f"dataset {name!r} is a catalog entry without a local reader; use the name of a staged "
-                    "dataset folder (run `unihema data list`)"
-                )
-            folder = root / entry.name
-            if not folder.is_dir():
-                raise FileNotFoundError(
-                    f"dataset {name!r}: folder {folder} not found (set data.root or ${DATASETS_ENV})"
-                )
-            # The folder's own unihema.yaml may name another layout; the run's reader_options win over it.
-            result = read_dataset(
-                folder, options=self.config.data.reader_options.get(name, {}), dataset=entry.name,
-                default_format=entry.reader, default_options=entry.options,
-            )  # fmt: skip
-            if not result.samples:
-                raise ValueError(f"dataset {name!r}: the {entry.reader} reader found no samples in {folder}")
+            result = self._read(name, self._source(name, root))
             real[name] = assign_splits(result.samples, split_config)
             self._annotated[name] = tuple(result.annotated_classes)
-            logger.info(
-                "read %s: %d samples (%d skipped, %d fixed)",
-                name,
-                len(result.samples),
-                len(result.skipped),
-                len(result.fixed),
-            )
         if self.config.data.leak_action != "keep" and real:
             real, report = resolve_cross_dataset_leaks(real, action=self.config.data.leak_action)
             logger.info("cross-dataset duplicates: %s", report.summary())

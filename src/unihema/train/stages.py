@@ -20,8 +20,8 @@ weights, each with its own tasks, data, trainable modules and schedule. A YAML f
         scheduler: {name: step, step_epochs: 10, gamma: 0.1}
 
 A dataset is ``synthetic`` (the built-in generated corpus), a name listed under ``data.manifests`` (read
-lazily from a manifest file) or the name of a real dataset of the catalog (:mod:`unihema.data.catalog`),
-read from ``data.root``. Module group names are those of
+lazily from a manifest file), a name listed under ``data.folders`` (a folder in any native layout) or the
+name of a real dataset of the catalog (:mod:`unihema.data.catalog`), read from ``data.root``. Module group names are those of
 :meth:`unihema.model.unihema.UniHema.module_groups` (:data:`MODULE_GROUPS`). The sections other than the
 stages are defined in :mod:`unihema.train.config_sections` and re-exported here.
 

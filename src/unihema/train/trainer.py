@@ -9,8 +9,9 @@ Each selected stage starts from the weights the previous one ended with. Per sta
 
 1. freezes every module group the stage does not train (``requires_grad=False`` and ``eval()`` mode, so
    their batch-norm statistics and buffers do not move either) and rebuilds the DDP wrapper;
-2. gathers the stage's samples per task (the synthetic corpus and/or real datasets of the catalog, the
-   stage's split, cross-dataset duplicates of evaluation images removed) and batches them with
+2. gathers the stage's samples per task (the synthetic corpus, manifests, real datasets of the catalog
+   and folders under ``data.folders``; the stage's split, cross-dataset duplicates of evaluation images
+   removed) and batches them with
    :class:`unihema.data.sampler.MultiTaskBatchSampler` (each rank gets its own share);
 3. builds a fresh AdamW (backbone at ``lr * backbone_lr_scale``) and the stage's schedule;
 4. estimates the memory a step needs and refuses a stage that cannot fit, naming the stage, the batch and

@@ -72,9 +72,11 @@ def run_demo(
     *,
     config_path: Path | None = None,
     eval_per_task: int | None = 64,
+    seed: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the main job into ``out_dir``; returns the report dictionary (also written to disk)."""
+    """Run the main job into ``out_dir``; returns the report dictionary (also written to disk). ``seed``
+    replaces the curriculum's ``seed`` (model initialisation, sampling and augmentation)."""
     from unihema.data.synthetic import SyntheticCorpus
     from unihema.train.history import write_training_record
     from unihema.train.stages import TrainConfig
@@ -84,6 +86,8 @@ def run_demo(
     out_dir = Path(out_dir)
     config_path = Path(config_path) if config_path else default_config_path()
     config = TrainConfig.load(config_path)
+    if seed is not None:
+        config = TrainConfig.from_dict(config.to_dict() | {"seed": seed})
     run_dir = out_dir / "run"
     if run_dir.exists():
         raise FileExistsError(f"{out_dir} already holds a demo run; choose another --out or remove it")

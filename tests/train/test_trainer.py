@@ -10,6 +10,7 @@ import torch
 
 from support.training import mini_config
 from unihema.model.unihema import UniHema
+from unihema.train.accumulation import UntrainedTaskError
 from unihema.train.checkpoint import latest_checkpoint
 from unihema.train.losses import UniHemaCriterion
 from unihema.train.stages import TrainConfig
@@ -192,3 +193,16 @@ def test_bfloat16_autocast_trains_with_float32_weights(tmp_path: Path) -> None:
     rows = list(iter_metrics(tmp_path / "run"))
     assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) and r["skipped"] == "0" for r in rows)
     assert float(rows[0]["loss_bbox"]) > 0
+
+
+def test_a_task_whose_loss_reaches_no_trained_group_is_refused_by_name(tmp_path: Path) -> None:
+    # Detection's box and class heads belong to D_I: a stage training only the cell heads cannot learn it.
+    stage = {
+        "name": "cells_only", "tasks": {"detection": ["synthetic"], "classification": ["synthetic"]},
+        "mode": "joint", "k_per_task": 2, "train": ["SCFE", "heads"], "max_steps": 2,
+    }  # fmt: skip
+    config = TrainConfig.from_dict(mini_config([stage]))
+    with pytest.raises(UntrainedTaskError, match=r"stage 'cells_only': the detection loss depends on no trained "
+                       r"parameter: it trains only SCFE, heads; add the groups detection needs"):  # fmt: skip
+        run_training(config, tmp_path / "run", progress=False)
+    assert not list(iter_metrics(tmp_path / "run"))  # refused at its first step, before any update

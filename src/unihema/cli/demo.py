@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--eval-per-task", type=int, default=64, help="held-out samples evaluated per task (default: 64)"
     )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="random seed of the run (default: the curriculum's `seed`)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -27,8 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from unihema.demo import format_summary, improved_everywhere, run_demo
 
     report = run_demo(
-        args.out, config_path=args.config, eval_per_task=args.eval_per_task, progress=not args.no_progress
-    )
+        args.out, config_path=args.config, eval_per_task=args.eval_per_task, seed=args.seed,
+        progress=not args.no_progress,
+    )  # fmt: skip
     print(format_summary(report))
     print(f"report: {args.out / 'report.md'}  model: {args.out / 'model'}")
     if not improved_everywhere(report):

@@ -41,6 +41,12 @@ from unihema.data.vocab import CELL_ATTRIBUTES
 from unihema.train import distributed as dist_utils
 from unihema.train.losses import TEXT_IGNORE_INDEX, UniHemaCriterion
 
+
+class UntrainedTaskError(ValueError):
+    """A task's loss reaches none of the parameters being trained: its batches would cost time and teach
+    nothing (for example detection in a stage that freezes ``D_I``, which holds the box and class heads)."""
+
+
 AutocastFactory = Callable[[], contextlib.AbstractContextManager]
 TextLabels = Callable[[Sequence[str]], torch.Tensor]
 
@@ -153,6 +159,8 @@ def accumulate_gradients(
             loss = losses["loss"] * share if share != 1.0 else losses["loss"]
             if touch_outputs:
                 loss = dist_utils.touch_outputs(loss, outputs)
+            if not loss.requires_grad:
+                raise UntrainedTaskError(f"the {task.value} loss depends on no trained parameter")
             loss.backward()
         # The total as back-propagated (a non-finite output poisons it, so the step is skipped).
         weighted = {name: value.detach() * share for name, value in losses.items() if name != "loss"}

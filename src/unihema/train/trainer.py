@@ -54,7 +54,7 @@ from torch import nn
 
 from unihema.data.schema import Task
 from unihema.train import distributed as dist_utils
-from unihema.train.accumulation import accumulate_gradients, autocast_factory
+from unihema.train.accumulation import UntrainedTaskError, accumulate_gradients, autocast_factory
 from unihema.train.checkpoint import (
     MODEL_DIR,
     Progress,
@@ -314,11 +314,17 @@ class Trainer:
         images = 0
         for position, task_batch in enumerate(task_batches):
             task: Task = task_batch["task"]
-            losses = accumulate_gradients(
-                run.ddp_model, self.criterion, self._on_device(run, task_batch), run.micro_batch[task],
-                autocast=autocast, synchronise=position == len(task_batches) - 1,
-                touch_outputs=self.context.enabled,
-            )  # fmt: skip
+            try:
+                losses = accumulate_gradients(
+                    run.ddp_model, self.criterion, self._on_device(run, task_batch), run.micro_batch[task],
+                    autocast=autocast, synchronise=position == len(task_batches) - 1,
+                    touch_outputs=self.context.enabled,
+                )  # fmt: skip
+            except UntrainedTaskError as error:
+                raise UntrainedTaskError(
+                    f"stage {stage.name!r}: {error}: it trains only {', '.join(stage.train)}; add the groups "
+                    f"{task.value} needs to `train` or drop {task.value} from the stage's tasks"
+                ) from None
             total = total + losses["loss"]
             for name, value in losses.items():
                 if name != "loss":

@@ -23,7 +23,7 @@ test: $(STAMP)
 
 # Benchmarks: run alone on the machine (see docs/benchmarks.md); not part of the test run.
 bench-convergence: $(STAMP)
-	$(PY) benchmarks/bench_convergence.py --recipes before after --seeds 0 1 2 --minutes 1 2 5 --write-doc docs/benchmarks.md
+	$(PY) benchmarks/bench_convergence.py --recipes after large_cells --tasks detection classification --seeds 0 1 2 --minutes 1 2 5 --write-doc docs/benchmarks.md
 
 bench-bccd: $(STAMP)
 	$(PY) benchmarks/bench_bccd.py --minutes 15 --write-doc docs/benchmarks.md

@@ -7,11 +7,14 @@ after 1, 2, 5 and 10 minutes of training (the clock stops while it evaluates). R
 - ``before``: the settings of the first demo (four feature levels, 300 queries, gradient clipping 0.1,
   48 px single-cell windows, the paper's mean-pooled SCFE);
 - ``three_levels``, ``tight_crops``, ``tight_crops_c5``: one change at a time (see ``RECIPES``);
-- ``after``: today's demo settings (``src/unihema/configs/demo.yaml``: three levels, 100 queries, clipping
-  1.0, tight single-cell windows, SCFE with the raw last backbone level).
+- ``after``: the second demo's settings (three levels, 100 queries, clipping 1.0, tight single-cell
+  windows, SCFE with the raw last backbone level);
+- ``large_cells``: ``after`` with today's demo corpus (``src/unihema/configs/demo.yaml``: red cells of
+  10 px radius instead of 7 on the same 128 px fields).
 
     python benchmarks/bench_convergence.py --recipes before after --seeds 0 --minutes 1 2 5 10
-    python benchmarks/bench_convergence.py --recipes after --seeds 0 1 2 --write-doc docs/benchmarks.md
+    python benchmarks/bench_convergence.py --recipes after large_cells --tasks detection --seeds 0 1 2 \
+        --minutes 1 2 --write-doc docs/benchmarks.md
 
 Run it alone on the machine: a second torch process on the same cores makes both several times slower
 and the curves meaningless. ``--write-doc`` replaces the "Convergence" section of the Markdown file.
@@ -58,6 +61,7 @@ class Recipe:
     hemaformer: dict[str, Any] = field(default_factory=dict)
     crop_size: int = 48
     crop_scale: float = 1.0
+    rbc_radius: float = RBC_RADIUS
     lr_detection: float = 5e-4
     lr_cells: float = 1e-3
     clip_detection: float = 0.1
@@ -79,6 +83,14 @@ RECIPES = {
         crop_scale=1.6,
         clip_detection=1.0,
     ),
+    "large_cells": Recipe(
+        vision={"num_levels": 3, "num_queries": 100},
+        hemaformer={"scfe_inputs": "encoder_mean+backbone_c5"},
+        crop_size=16,
+        crop_scale=1.6,
+        clip_detection=1.0,
+        rbc_radius=10.0,
+    ),
 }
 
 
@@ -87,7 +99,7 @@ def curve(recipe: Recipe, task: Task, seed: int, minutes: list[float]) -> list[d
     torch.manual_seed(seed)
     corpus = SyntheticCorpus(
         SyntheticConfig(
-            n_images=FIELDS, image_size=FIELD_SIZE, rbc_radius=RBC_RADIUS, crop_size=recipe.crop_size,
+            n_images=FIELDS, image_size=FIELD_SIZE, rbc_radius=recipe.rbc_radius, crop_size=recipe.crop_size,
             crop_scale=recipe.crop_scale,
         )
     )  # fmt: skip
@@ -171,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         section = (
             f"{SECTION_TITLE}\n\nCommand: `{command}`. Synthetic test split ({EVAL_DETECTION_FIELDS} fields for "
             f"detection, {EVAL_CELLS} crops for classification), `tiny` preset from random weights, one task per "
-            f"curve, {FIELDS} fields of {FIELD_SIZE} px; time is training time only (evaluation excluded). "
+            f"curve, {FIELDS} fields of {FIELD_SIZE} px (red-cell radius {RBC_RADIUS:g} px unless the recipe says "
+            "otherwise); constant learning rates; time is training time only (evaluation excluded). "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()} CPU, no other "
             "job running. Mean ± population std over the seeds.\n\n" + text + "\n"
         )

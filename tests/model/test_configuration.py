@@ -176,6 +176,7 @@ def test_save_rejects_unknown_suffix(tmp_path) -> None:
         ({"hemaformer": {"qgmf_query": "last"}}, "hemaformer.qgmf_query", "last"),
         ({"hemaformer": {"qgmf_style": "mine"}}, "hemaformer.qgmf_style", "mine"),
         ({"hemaformer": {"cmf_cell_feature": 1}}, "hemaformer.cmf_cell_feature", 1),
+        ({"hemaformer": {"cmf_cell_feature": "sum"}}, "hemaformer.cmf_cell_feature", "sum"),
         ({"hemaformer": {"qgmf_mask_size": "full"}}, "hemaformer.qgmf_mask_size", "full"),
         ({"hemaformer": {"qgmf_upsampler_channels": ()}}, "hemaformer.qgmf_upsampler_channels", ()),
         ({"hemaformer": {"cmf_num_heads": 3}}, "hemaformer.cmf_num_heads", 3),

@@ -92,10 +92,31 @@ def test_cmf_cell_feature_token_carries_the_scfe_feature_into_the_text_memory() 
     images = torch.randn(2, 3, 64, 64)
     mask = torch.zeros(2, 64, 64, dtype=torch.bool)
     prompts = ["Q: Which cell type is shown?"] * 2
-    for enabled in (False, True):
+    for enabled in (False, True, "token", "add"):
         model = UniHema.from_config(small_test_config(hemaformer={"cmf_cell_feature": enabled})).eval()
         with torch.no_grad():
             before, _ = model._fuse_text(images, mask, prompts)
             model.scfe.proj.bias.add_(3.0)  # moves E_Z only
             after, _ = model._fuse_text(images, mask, prompts)
         assert torch.allclose(before, after) is (not enabled)
+
+
+def test_cmf_cell_feature_add_moves_every_memory_position_and_trains_with_cmf() -> None:
+    """``"add"``: E_Z reaches every position of E_W^T (through ``cmf.cell_proj``, a CMF parameter, so a
+    stage training CMF learns it); one image token among many ("token") moves positions unevenly."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    prompts = ["Q: Which cell type is shown?"] * 2
+    model = UniHema.from_config(small_test_config(hemaformer={"cmf_cell_feature": "add"})).eval()
+    assert any(name.startswith("cell_proj.") for name, _ in model.module_groups()["CMF"].named_parameters())
+    with torch.no_grad():
+        before, _ = model._fuse_text(images, mask, prompts)
+        model.scfe.proj.bias.add_(3.0)
+        after, _ = model._fuse_text(images, mask, prompts)
+    shift = after - before
+    # The same shift at every text position of a sample: the projected change of E_Z.
+    assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5) and shift.abs().max() > 1e-3
+    fused, _ = model._fuse_text(images, mask, prompts)
+    fused.sum().backward()
+    assert model.cmf.cell_proj.weight.grad is not None and model.cmf.cell_proj.weight.grad.abs().sum() > 0

@@ -81,6 +81,7 @@ def build_components(
             ffn=h.cmf_ffn,
             ffn_dim=h.cmf_ffn_dim,
             residual=h.cmf_residual,
+            cell_feature_dim=d if h.cell_feature_fusion == "add" else 0,
         ),
         "tgvr": TextGuidedVisualRefinement(d, n, h.tgvr_num_heads, h.tgvr_mode),
         "scfe": SingleCellFeatureExtractor(

@@ -30,6 +30,7 @@ ALL_BACKBONE_LAYERS = 5
 """ResNet stages in all (stem, layer1-4): the most ``trainable_backbone_layers`` can be."""
 FEED_FORWARD_PROJ = ("relu", "gated-gelu", "gelu", "gated-relu", "gated-silu", "silu")
 CMF_ORDERS = ("text_first", "image_first")
+CMF_CELL_FEATURES = ("token", "add")
 TGVR_MODES = ("concat", "gate")
 SCFE_INPUTS = ("encoder_mean", "encoder_mean+backbone", "encoder_mean+backbone_c5")
 SCFE_POOLINGS = ("mean", "attention")
@@ -313,10 +314,12 @@ class HemaFormerConfig:
             text width N.
         cmf_num_heads (int, default 8): attention heads of the CMF cross-attentions; must divide
             ``vision.d_model``.
-        cmf_cell_feature (bool, default False): let the CMF image attention also read the SCFE cell
-            feature E_Z as one more token (off in the paper). E_Z is what single-cell classification and
-            cell morphology train; with it the answers about a cell follow what the classifier sees
-            (``docs/training.md``).
+        cmf_cell_feature (bool or str, default False): give the text decoder the SCFE cell feature E_Z
+            (off in the paper). E_Z is what single-cell classification and cell morphology train; with it
+            the answers about a cell can follow what the classifier sees (``docs/training.md``).
+            ``"token"`` (or ``true``): the CMF image attention reads E_Z as one more image token;
+            ``"add"``: a linear map of E_Z is also added to every position of CMF's output E_W^T, so
+            every cross-attention read of the text decoder carries it.
         tgvr_mode (str, default "concat"): ``"concat"`` (eq. 3: concatenate the queries with their text
             cross-attention and project) or ``"gate"`` (the code: per-channel sigmoid gate mixing query
             and attention).
@@ -355,7 +358,7 @@ class HemaFormerConfig:
     cmf_ffn_dim: int = 1024
     cmf_residual: bool = False
     cmf_num_heads: int = 8
-    cmf_cell_feature: bool = False
+    cmf_cell_feature: bool | str = False
     tgvr_mode: str = "concat"
     tgvr_num_heads: int = 8
     scfe_inputs: str = "encoder_mean"
@@ -377,15 +380,22 @@ class HemaFormerConfig:
         values.update(overrides)
         return cls(**values)
 
+    @property
+    def cell_feature_fusion(self) -> str | None:
+        """How the text path reads E_Z: ``None`` (paper), ``"token"`` or ``"add"``."""
+        if self.cmf_cell_feature is True:
+            return "token"
+        return self.cmf_cell_feature or None
+
     def validate(self, prefix: str = "hemaformer.") -> None:
         _one_of(
             prefix, self, cmf_order=CMF_ORDERS, tgvr_mode=TGVR_MODES, scfe_inputs=SCFE_INPUTS,
             scfe_pooling=SCFE_POOLINGS, qgmf_query=QGMF_QUERIES, qgmf_style=QGMF_STYLES,
         )  # fmt: skip
         _require(
-            isinstance(self.cmf_cell_feature, bool),
+            isinstance(self.cmf_cell_feature, bool) or self.cmf_cell_feature in CMF_CELL_FEATURES,
             f"{prefix}cmf_cell_feature",
-            "must be true or false",
+            f"must be false, true or one of {CMF_CELL_FEATURES}",
             self.cmf_cell_feature,
         )
         _positive_int(

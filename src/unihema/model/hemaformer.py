@@ -130,6 +130,8 @@ class CrossModalFusion(nn.Module):
         ffn_dim: its width.
         residual: add E_E^T to the projected output (authors' code).
         dropout: attention dropout.
+        cell_feature_dim: width of a cell feature added to every output position (``0``: none; see
+            ``hemaformer.cmf_cell_feature = "add"``).
     """
 
     def __init__(
@@ -144,9 +146,11 @@ class CrossModalFusion(nn.Module):
         ffn_dim: int = 1024,
         residual: bool = False,
         dropout: float = 0.0,
+        cell_feature_dim: int = 0,
     ) -> None:
         super().__init__()
         self.queries = nn.Parameter(torch.randn(max_text_length, d_model) * QUERY_INIT_STD)
+        self.cell_proj = nn.Linear(cell_feature_dim, text_dim) if cell_feature_dim else None
         self.img_proj = nn.Linear(d_model, d_model)
         self.txt_proj = nn.Linear(text_dim, d_model)
         self.layers = nn.ModuleList(
@@ -161,6 +165,7 @@ class CrossModalFusion(nn.Module):
         text_mask: Tensor | None,
         image_tokens: Tensor,
         image_padding: Tensor | None,
+        cell_feature: Tensor | None = None,
     ) -> Tensor:
         """Fuse.
 
@@ -169,6 +174,8 @@ class CrossModalFusion(nn.Module):
             text_mask: (B, L), 1 on tokens, 0 on padding; ``None`` attends to every position.
             image_tokens: E_B^I (B, S, M) flattened projected backbone levels.
             image_padding: (B, S) True on padded image area; ``None`` attends everywhere.
+            cell_feature: (B, cell_feature_dim), added to every output position through ``cell_proj``
+                (required when the module was built with ``cell_feature_dim``).
 
         Returns:
             E_W^T (B, L, N).
@@ -183,6 +190,10 @@ class CrossModalFusion(nn.Module):
         for layer in self.layers:
             queries = layer(queries, text, text_padding, image, image_padding)
         fused = self.out_proj(queries)
+        if self.cell_proj is not None:
+            if cell_feature is None:
+                raise ValueError("this CMF adds a cell feature to its output: pass cell_feature")
+            fused = fused + self.cell_proj(cell_feature.to(fused.dtype))[:, None]
         return fused + text_states.to(fused.dtype) if self.residual else fused
 
 

@@ -252,17 +252,21 @@ class UniHema(nn.Module):
         backbone, projected, masks = self._features(images, image_mask)
         tokens = torch.cat([p.flatten(2).transpose(1, 2) for p in projected], dim=1)
         padding = torch.cat([m.flatten(1) for m in masks], dim=1)
-        if self.config.hemaformer.cmf_cell_feature:
-            # One more image token: the SCFE cell feature E_Z, which step 1 trains to separate cell classes
-            # and attributes, the very things the questions ask about.
-            cell = self._cell_feature(backbone, projected, masks)[:, None].to(tokens.dtype)
-            tokens = torch.cat((tokens, cell), dim=1)
+        fusion = self.config.hemaformer.cell_feature_fusion
+        cell = None
+        if fusion is not None:
+            # The SCFE cell feature E_Z, which classification and cell morphology train to separate cell
+            # classes and attributes, the very things the questions ask about.
+            cell = self._cell_feature(backbone, projected, masks).to(tokens.dtype)
+        if fusion == "token":
+            tokens = torch.cat((tokens, cell[:, None]), dim=1)
             padding = torch.cat((padding, padding.new_zeros(padding.shape[0], 1)), dim=1)
         text_states, text_mask = self._encode_text(prompts, images.device)
         use_masks = self.config.hemaformer.text_padding_masks
         fused = self.cmf(
-            text_states, text_mask if use_masks else None, tokens, padding if use_masks else None
-        )
+            text_states, text_mask if use_masks else None, tokens, padding if use_masks else None,
+            cell_feature=cell if fusion == "add" else None,
+        )  # fmt: skip
         return fused, text_mask
 
     def _forward_text(

@@ -201,7 +201,7 @@ def test_training_record_lists_the_datasets_of_the_stages_run(tmp_path):
 
 
 def test_data_specs():
-    from unihema.cli.evaluate import parse_data_spec
+    from unihema.cli._options import parse_data_spec
 
     assert parse_data_spec("synthetic") == ("synthetic", None)
     assert parse_data_spec("bccd=../shared/datasets/bccd") == ("bccd", "../shared/datasets/bccd")

@@ -1,4 +1,5 @@
-"""Command-line values shared by the commands: positive integers and the ``--device`` to run on.
+"""Command-line values shared by the commands: positive integers, ``--data NAME=PATH`` and the ``--device``
+to run on.
 
 Both fail with a message naming the option and the value, so that a mistyped option ends in one line
 (``unihema eval: error: argument --limit: must be a positive integer, got '-1'``), not a traceback or a
@@ -8,7 +9,10 @@ silently wrong run.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from unihema.data.schema import SYNTHETIC_DATASET
 
 
 def positive_int(text: str) -> int:
@@ -20,6 +24,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+def parse_data_spec(value: str) -> tuple[str, str | None]:
+    """``(name, path)`` of a ``--data`` value; ``path`` is ``None`` for the built-in corpus."""
+    if value == SYNTHETIC_DATASET:
+        return SYNTHETIC_DATASET, None
+    name, separator, path = value.partition("=")
+    if separator and name and path and not any(c in name for c in "/\\"):
+        return name, path
+    return Path(value).name or value, value
 
 
 def resolve_device(value: str | None, option: str = "--device") -> Any:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from unihema.cli._options import positive_int, resolve_device
+from unihema.cli._options import parse_data_spec, positive_int, resolve_device
 from unihema.data.schema import SPLITS, SYNTHETIC_DATASET, Task
 
 PROBE_CHOICE = "probe"
@@ -85,16 +85,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
-
-
-def parse_data_spec(value: str) -> tuple[str, str | None]:
-    """``(name, path)`` of a ``--data`` value; ``path`` is ``None`` for the built-in corpus."""
-    if value == SYNTHETIC_DATASET:
-        return SYNTHETIC_DATASET, None
-    name, separator, path = value.partition("=")
-    if separator and name and path and not any(c in name for c in "/\\"):
-        return name, path
-    return Path(value).name or value, value
 
 
 def _spread(samples: list[Any], limit: int | None) -> list[Any]:

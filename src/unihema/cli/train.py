@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 def with_folders(config: TrainConfig, data: list[str], option_pairs: list[str]) -> TrainConfig:
     """``config`` with the ``--data NAME=PATH`` folders added to ``data.folders`` and the ``--option``
     reader options merged over each one's ``data.reader_options``."""
-    from unihema.cli.evaluate import parse_data_spec
+    from unihema.cli._options import parse_data_spec
     from unihema.data.formats import parse_option_pairs
     from unihema.train.stages import TrainConfig
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchmark_doc import write_section
 
 from unihema.inference.image_processor import ImageProcessor
 from unihema.model.unihema import UniHema
@@ -152,9 +153,6 @@ def main() -> None:
     section = "\n".join(lines) + "\n"
     print(section)
     if args.write_doc:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from benchmark_doc import write_section
-
         write_section(args.write_doc, TITLE, section)
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from benchmark_doc import write_section
 from PIL import Image
 
 from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
@@ -208,9 +209,6 @@ def main() -> None:
     section = "\n".join(lines) + "\n"
     print(section)
     if args.write_doc:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from benchmark_doc import write_section
-
         write_section(args.write_doc, TITLE, section)
 
 

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +28,6 @@ from unihema.data.schema import SYNTHETIC_DATASET, ReadResult, Sample, Task
 from unihema.data.vocab import DETECTION_CLASSES, detection_index
 from unihema.train.distributed import DistributedContext
 from unihema.train.stages import StageConfig, TrainConfig
-
-if TYPE_CHECKING:
-    from unihema.data.formats import ReadPlan
 
 DATASETS_ENV = "UNIHEMA_DATASETS"
 # Seed offsets so that the per-rank augmentation streams and the loader generators differ from each other
@@ -60,23 +57,6 @@ class _FolderSource:
     label: str
     default_format: str | None = None
     default_options: Mapping[str, Any] | None = None
-
-
-_FORMAT_SOURCES = {
-    "given": "given",
-    "descriptor": "named by its descriptor",
-    "default": "of its catalog entry",
-    "detected": "detected",
-}
-
-
-def _describe_plan(plan: ReadPlan) -> str:
-    """``"voc reader (detected: 5 XML files ... paired by stem with 5 images in 'Images/')"``."""
-    details = [_FORMAT_SOURCES.get(plan.format_source, plan.format_source)]
-    if plan.descriptor is not None:
-        details.append(f"options of {plan.descriptor.path}")
-    text = f"{plan.format} reader ({', '.join(details)}"
-    return f"{text}: {plan.rule})" if plan.rule else f"{text})"
 
 
 class CorpusCache:
@@ -175,7 +155,7 @@ class CorpusCache:
             result = read_planned(plan, dataset=source.dataset)
         except (WrongFormatError, DescriptorError) as error:
             raise type(error)(f"{source.label}: {error}") from None
-        how = _describe_plan(plan)
+        how = plan.describe()
         if not result.samples:
             skipped = result.skipped
             first = (

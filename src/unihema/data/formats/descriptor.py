@@ -162,6 +162,23 @@ class ReadPlan:
     descriptor: DatasetDescriptor | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """``"voc reader (detected: 5 XML files ... paired by stem with 5 images in 'Images/')"``."""
+        details = [_FORMAT_SOURCES.get(self.format_source, self.format_source)]
+        if self.descriptor is not None:
+            details.append(f"options of {self.descriptor.path}")
+        text = f"{self.format} reader ({', '.join(details)}"
+        return f"{text}: {self.rule})" if self.rule else f"{text})"
+
+
+# How ReadPlan.describe words each format_source.
+_FORMAT_SOURCES = {
+    "given": "given",
+    "descriptor": "named by its descriptor",
+    "default": "of its catalog entry",
+    "detected": "detected",
+}
+
 
 def plan_read(
     root: str | Path,

@@ -10,7 +10,8 @@ after 1, 2, 5 and 10 minutes of training (the clock stops while it evaluates). R
 - ``after``: the second demo's settings (three levels, 100 queries, clipping 1.0, tight single-cell
   windows, SCFE with the raw last backbone level);
 - ``large_cells``: ``after`` with today's demo corpus (``src/unihema/configs/demo.yaml``: red cells of
-  10 px radius instead of 7 on the same 128 px fields).
+  10 px radius instead of 7 on the same 128 px fields);
+- ``fast_encoder``: ``large_cells`` with the ``fast`` preset's encoder (``vision.encoder_skip_levels: 1``).
 
     python benchmarks/bench_convergence.py --recipes before after --seeds 0 --minutes 1 2 5 10
     python benchmarks/bench_convergence.py --recipes after large_cells --tasks detection --seeds 0 1 2 \
@@ -85,6 +86,10 @@ RECIPES = {
     ),
 }
 RECIPES["large_cells"] = replace(RECIPES["after"], rbc_radius=10.0)  # today's demo corpus
+# The ``fast`` preset's encoder (the finest level's tokens are sampled but not updated) on large_cells.
+RECIPES["fast_encoder"] = replace(
+    RECIPES["large_cells"], vision={**RECIPES["large_cells"].vision, "encoder_skip_levels": 1}
+)
 
 
 def curve(recipe: Recipe, task: Task, seed: int, minutes: list[float]) -> list[dict[str, float]]:

@@ -11,13 +11,35 @@ from torch import nn
 from torchvision.models import resnet18
 from torchvision.ops import FrozenBatchNorm2d
 
-from unihema.model.backbone import InputProjection, ResNetBackbone, SinePositionEncoding, groupnorm_groups
+from unihema.model.backbone import (
+    CHANNELS_LAST_MIN_PIXELS,
+    InputProjection,
+    ResNetBackbone,
+    SinePositionEncoding,
+    groupnorm_groups,
+)
 
 
 @pytest.fixture(scope="module")
 def r18() -> ResNetBackbone:
     torch.manual_seed(0)
     return ResNetBackbone(depth=18)
+
+
+def test_large_inputs_run_channels_last_with_the_contiguous_result(r18):
+    """Above ``CHANNELS_LAST_MIN_PIXELS`` the backbone convolves channels-last activations (faster on a
+    CPU there); the features equal those of contiguous input, small inputs stay contiguous, and the
+    weights (hence state dicts) keep their layout."""
+    side = math.isqrt(CHANNELS_LAST_MIN_PIXELS) + 16
+    large, small = torch.randn(1, 3, side, side), torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        fast, plain = r18.eval()(large), r18.body(large)
+        small_features = r18(small)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in fast)
+    assert all(f.is_contiguous() for f in plain + small_features)
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert all(p.is_contiguous() for p in r18.state_dict().values())
 
 
 @pytest.mark.parametrize("depth,channels", [(18, [128, 256, 512]), (50, [512, 1024, 2048])])

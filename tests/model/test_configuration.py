@@ -56,10 +56,13 @@ def test_registry_gives_each_preset(name: str) -> None:
 
 
 def test_built_in_presets_are_registered() -> None:
-    assert PRESETS == tuple(PRESET_REGISTRY) == ("tiny", "paper")
+    assert PRESETS == tuple(PRESET_REGISTRY) == ("tiny", "fast", "paper")
     # The presets differ in more than their names.
-    tiny, paper = (UniHemaConfig.from_preset(name) for name in PRESETS)
+    tiny, fast, paper = (UniHemaConfig.from_preset(name) for name in PRESETS)
     assert dataclasses.replace(tiny, preset=None) != dataclasses.replace(paper, preset=None)
+    # ``fast`` is ``tiny`` with one efficiency option; the paper's encoder updates every level.
+    assert dataclasses.replace(fast, preset="tiny", vision=tiny.vision) == tiny
+    assert fast.vision.encoder_skip_levels == 1 and paper.vision.encoder_skip_levels == 0
 
 
 def test_from_preset_looks_names_up_in_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,6 +163,8 @@ def test_save_rejects_unknown_suffix(tmp_path) -> None:
         ({"vision": {"num_levels": 2}}, "vision.num_levels", 2),
         ({"vision": {"num_queries": 0}}, "vision.num_queries", 0),
         ({"vision": {"encoder_layers": True}}, "vision.encoder_layers", True),
+        ({"vision": {"encoder_skip_levels": 4}}, "vision.encoder_skip_levels", 4),
+        ({"vision": {"encoder_skip_levels": -1}}, "vision.encoder_skip_levels", -1),
         ({"vision": {"dropout": 1.5}}, "vision.dropout", 1.5),
         ({"vision": {"position_temperature": 0}}, "vision.position_temperature", 0),
         ({"text": {"tokenizer_vocab_size": 5000, "vocab_size": 1000}}, "text.tokenizer_vocab_size", 5000),

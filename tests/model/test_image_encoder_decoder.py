@@ -121,6 +121,50 @@ def test_encoder_is_exact_under_padding():
         )
 
 
+def _encoder_inputs(shapes, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    feats = [torch.randn(2, D, h, w, generator=gen) for h, w in shapes]
+    masks = [torch.zeros(2, h, w, dtype=torch.bool) for h, w in shapes]
+    pos_enc = SinePositionEncoding(D // 2, temperature=20)
+    return feats, masks, [pos_enc(m) for m in masks]
+
+
+def test_encoder_skip_levels_keeps_fine_tokens_but_still_samples_them():
+    """With ``skip_levels=1`` the stride-8 tokens leave the encoder as they came in, the coarser tokens
+    change, and the coarser tokens still depend on the finest level (it is sampled as values)."""
+    torch.manual_seed(0)
+    encoder = ImageEncoder(
+        D, num_layers=2, num_heads=HEADS, num_levels=3, num_points=POINTS, ffn_dim=64, skip_levels=1
+    ).eval()
+    shapes = [(8, 8), (4, 4), (2, 2)]
+    feats, masks, pos = _encoder_inputs(shapes)
+    feats[0].requires_grad_(True)
+    out = encoder(feats, masks, pos)
+    torch.testing.assert_close(out.level_map(0), feats[0], atol=0, rtol=0)
+    assert not torch.allclose(out.level_map(1), feats[1], atol=1e-3)
+    (grad,) = torch.autograd.grad(out.level_map(1).square().sum(), feats[0])
+    assert grad.abs().sum() > 0
+
+
+def test_encoder_skip_levels_zero_updates_every_level():
+    """The default (the paper's encoder) updates every level; skipping the finest one changes what the
+    coarser tokens see, so with the same weights their outputs differ from the full encoder's."""
+    torch.manual_seed(0)
+    full = ImageEncoder(D, num_layers=2, num_heads=HEADS, num_levels=3, num_points=POINTS, ffn_dim=64).eval()
+    skip = ImageEncoder(
+        D, num_layers=2, num_heads=HEADS, num_levels=3, num_points=POINTS, ffn_dim=64, skip_levels=1
+    ).eval()
+    skip.load_state_dict(full.state_dict())
+    feats, masks, pos = _encoder_inputs([(8, 8), (4, 4), (2, 2)], seed=1)
+    with torch.no_grad():
+        out_full, out_skip = full(feats, masks, pos), skip(feats, masks, pos)
+    for level in range(3):
+        assert not torch.allclose(out_full.level_map(level), feats[level], atol=1e-3)
+    assert not torch.allclose(out_skip.level_map(1), out_full.level_map(1), atol=1e-4)
+    with pytest.raises(ValueError, match="skip_levels must be in"):
+        ImageEncoder(D, num_layers=1, num_heads=HEADS, num_levels=3, num_points=1, ffn_dim=8, skip_levels=3)
+
+
 def test_encoder_validates_levels():
     encoder = ImageEncoder(D, num_layers=1, num_heads=HEADS, num_levels=2, num_points=1, ffn_dim=8)
     f = torch.randn(1, D, 4, 4)

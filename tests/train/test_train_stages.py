@@ -6,11 +6,15 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from support.paths import REPO_ROOT, dataset_path
+from support.testers import small_test_config
 from support.training import mini_config, write_yaml
 from unihema.data.schema import Task
 from unihema.model.configuration import MODULE_GROUPS
+from unihema.model.unihema import UniHema
+from unihema.train.optim import build_optimizer
 from unihema.train.stages import SchedulerConfig, TrainConfig, TrainConfigError
 
 STAGE = {"name": "s1", "tasks": {"classification": ["synthetic"]}, "train": ["heads"], "max_steps": 2}
@@ -142,3 +146,31 @@ def test_paper_config_reads_real_datasets_with_partial_class_masks() -> None:
 
     assert names("bccd") == {"rbc", "wbc", "platelet"}
     assert names("fiocruz_malaria_thick") == {"p. falciparum", "p. vivax"}
+
+
+def test_optimizer_groups_and_fused_update_match_plain_adamw() -> None:
+    """The backbone group learns at ``lr * backbone_lr_scale``; the fused AdamW kernel used on CPU gives
+    the per-tensor AdamW update."""
+    data = mini_config([{**STAGE, "train": "all", "lr": 1e-3, "backbone_lr_scale": 0.1}])
+    stage = TrainConfig.from_dict(data).stages[0]
+    torch.manual_seed(0)
+    model = UniHema.from_config(small_test_config())
+    optimizer = build_optimizer(model, stage)
+    assert [(g["name"], g["lr"]) for g in optimizer.param_groups] == [("main", 1e-3), ("backbone", 1e-4)]
+    assert all(g["fused"] for g in optimizer.param_groups)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    reference = [p.detach().clone().requires_grad_(True) for p in params]
+    plain = torch.optim.AdamW(
+        [{"params": reference[: len(optimizer.param_groups[0]["params"])], "lr": 1e-3},
+         {"params": reference[len(optimizer.param_groups[0]["params"]) :], "lr": 1e-4}],
+        betas=stage.betas, weight_decay=stage.weight_decay, foreach=False,
+    )  # fmt: skip
+    before = [p.detach().clone() for p in params]
+    for p, r in zip(params, reference):
+        p.grad = torch.randn_like(p)
+        r.grad = p.grad.clone()
+    optimizer.step()
+    plain.step()
+    for p, r in zip(params, reference):
+        torch.testing.assert_close(p, r, atol=1e-6, rtol=1e-5)
+    assert all(not torch.equal(p, b) for p, b in zip(params, before))

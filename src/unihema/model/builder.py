@@ -58,7 +58,9 @@ def build_components(
         "backbone": backbone,
         "input_proj": InputProjection(backbone.out_channels, d, v.num_levels),
         "position": SinePositionEncoding(d // 2, v.position_temperature, normalize=True),
-        "image_encoder": ImageEncoder(d, v.encoder_layers, dropout=v.dropout, **attention),
+        "image_encoder": ImageEncoder(
+            d, v.encoder_layers, dropout=v.dropout, skip_levels=v.encoder_skip_levels, **attention
+        ),
         "image_decoder": ImageDecoder(
             d,
             v.decoder_layers,

@@ -113,6 +113,11 @@ class VisionConfig:
         num_levels (int, default 4): number of feature levels (3 backbone levels plus ``num_levels - 3``
             extra stride-2 levels on C5); at least 3, the paper uses 4.
         encoder_layers (int, default 6): number of deformable self-attention layers of E_I.
+        encoder_skip_levels (int, default 0): how many of the finest levels E_I leaves un-updated; 0
+            updates every level (the paper). With 1, the stride-8 tokens keep the values the input
+            projection gave them while every encoder layer still samples them, as Lite-DETR does: the
+            finest level holds about 3/4 of the tokens and of the encoder's cost. An efficiency option of
+            the ``fast`` preset, not of the paper's model.
         decoder_layers (int, default 6): number of decoder layers of D_I.
         num_heads (int, default 8): attention heads of E_I and D_I.
         num_points (int, default 4): deformable attention sampling points per head and level.
@@ -130,6 +135,7 @@ class VisionConfig:
     d_model: int = 256
     num_levels: int = 4
     encoder_layers: int = 6
+    encoder_skip_levels: int = 0
     decoder_layers: int = 6
     num_heads: int = 8
     num_points: int = 4
@@ -175,6 +181,12 @@ class VisionConfig:
         )  # fmt: skip
         _require(
             self.num_levels >= 3, f"{prefix}num_levels", "must be at least 3 (C3, C4, C5)", self.num_levels
+        )
+        _require(
+            is_int(self.encoder_skip_levels) and 0 <= self.encoder_skip_levels < self.num_levels,
+            f"{prefix}encoder_skip_levels",
+            f"must be an integer from 0 to num_levels - 1 ({self.num_levels - 1})",
+            self.encoder_skip_levels,
         )
         _require(
             self.d_model % 4 == 0,

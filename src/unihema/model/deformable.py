@@ -79,25 +79,23 @@ def ms_deform_attn(
     _, queries, _, levels, points, _ = sampling_locations.shape
     value_levels = value.to(compute_dtype).split([h * w for h, w in sizes], dim=1)
     # grid_sample expects coordinates in [-1, 1] for the outer edges (align_corners=False).
-    grids = (2 * sampling_locations.to(compute_dtype) - 1).permute(0, 2, 1, 3, 4, 5).flatten(0, 1)
-    sampled = []
+    grids = (2 * sampling_locations.to(compute_dtype) - 1).transpose(1, 2).flatten(0, 1)
+    weights = (
+        attention_weights.to(compute_dtype).transpose(1, 2).reshape(batch * heads, 1, queries, levels, points)
+    )
+    # Each level's samples are weighted and summed as they come: stacking the levels first would copy
+    # the largest intermediate (B*M, D, Q, L*P) once more, a third of the forward time on the encoder.
+    output = None
     for level, (h, w) in enumerate(sizes):
         # (B, S_l, M, D) -> (B*M, D, h, w)
         value_map = value_levels[level].permute(0, 2, 3, 1).reshape(batch * heads, dim, h, w)
         # (B*M, Q, P, 2) -> (B*M, D, Q, P)
-        sampled.append(
-            F.grid_sample(
-                value_map, grids[:, :, level], mode="bilinear", padding_mode="zeros", align_corners=False
-            )
+        sampled = F.grid_sample(
+            value_map, grids[:, :, level], mode="bilinear", padding_mode="zeros", align_corners=False
         )
-    # (B*M, D, Q, L*P) weighted by (B*M, 1, Q, L*P)
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)
-    weights = (
-        attention_weights.to(compute_dtype)
-        .permute(0, 2, 1, 3, 4)
-        .reshape(batch * heads, 1, queries, levels * points)
-    )
-    output = (stacked * weights).sum(-1).view(batch, heads * dim, queries)
+        term = (sampled * weights[..., level, :]).sum(-1)
+        output = term if output is None else output + term
+    output = output.view(batch, heads * dim, queries)
     return output.transpose(1, 2).contiguous().to(out_dtype)
 
 

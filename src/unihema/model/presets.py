@@ -11,6 +11,9 @@ a preset like the built-in ones::
 Built-in presets:
 
 - ``tiny`` (:func:`build_tiny`): ResNet-18, d 128, 2+2 image and text layers, 300 queries; fast on a CPU.
+- ``fast`` (:func:`build_fast`): ``tiny`` whose image encoder updates only the three coarsest levels
+  (``vision.encoder_skip_levels: 1``); the stride-8 tokens are still attended to. An efficiency
+  option outside the paper; its speed and accuracy against ``tiny`` are in ``docs/benchmarks.md``.
 - ``paper`` (:func:`build_paper`): every section's defaults, the dimensions of the authors' model
   (ResNet-50, d 256, 6+6 layers, 900 queries, a flan-t5-base sized text model).
 """
@@ -50,13 +53,24 @@ def build_tiny() -> UniHemaConfig:
     )  # fmt: skip
 
 
+def build_fast() -> UniHemaConfig:
+    """The ``fast`` preset: ``tiny`` with an encoder that leaves the finest level's tokens as they are."""
+    tiny = build_tiny()
+    vision = dataclasses.replace(tiny.vision, encoder_skip_levels=1)
+    return dataclasses.replace(tiny, vision=vision, preset="fast")
+
+
 def build_paper() -> UniHemaConfig:
     """The ``paper`` preset: the section defaults, i.e. the sizes of the authors' model."""
     # flan-t5-base sizes: what the authors' code actually loads (the paper says "t5_base").
     return UniHemaConfig(preset="paper")
 
 
-PRESET_REGISTRY: dict[str, Callable[[], UniHemaConfig]] = {"tiny": build_tiny, "paper": build_paper}
+PRESET_REGISTRY: dict[str, Callable[[], UniHemaConfig]] = {
+    "tiny": build_tiny,
+    "fast": build_fast,
+    "paper": build_paper,
+}
 """Preset name -> function building that preset's configuration (add entries to register presets)."""
 
 PRESETS: tuple[str, ...] = tuple(PRESET_REGISTRY)

@@ -80,7 +80,7 @@ class ModelSpec:
     """Which model a run starts from.
 
     Attributes:
-        preset: a preset of :data:`unihema.model.presets.PRESET_REGISTRY` (``tiny``, ``paper``).
+        preset: a preset of :data:`unihema.model.presets.PRESET_REGISTRY` (``tiny``, ``fast``, ``paper``).
         overrides: section -> fields merged into the preset (e.g. ``{vision: {num_queries: 100}}``).
         config_file: a JSON/YAML model configuration used instead of ``preset``/``overrides``.
         init_from: a directory written by ``UniHema.save_pretrained`` to start from (its configuration wins).

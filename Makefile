@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean bench-convergence bench-bccd bench-predict bench-serve
+.PHONY: demo test lint install clean bench-convergence bench-bccd bench-predict bench-serve bench-speed bench-upstream
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ test: $(STAMP)
 
 # Benchmarks: run alone on the machine (see docs/benchmarks.md); not part of the test run.
 bench-convergence: $(STAMP)
-	$(PY) benchmarks/bench_convergence.py --recipes after large_cells --tasks detection classification --seeds 0 1 2 --minutes 1 2 5 --write-doc docs/benchmarks.md
+	$(PY) benchmarks/bench_convergence.py --recipes large_cells fast_encoder --tasks detection classification --seeds 0 1 2 --minutes 1 2 5 --write-doc docs/benchmarks.md
 
 bench-bccd: $(STAMP)
 	$(PY) benchmarks/bench_bccd.py --minutes 15 --write-doc docs/benchmarks.md
@@ -33,6 +33,16 @@ bench-predict: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(PY) benchmarks/bench_serve.py --write-doc docs/benchmarks.md
+
+# Training speed: throughput per task and preset, the step profile, the backbone's memory layout.
+bench-speed: $(STAMP)
+	$(PY) benchmarks/bench_training.py --presets tiny fast --det-sizes 128 416 --write-doc docs/benchmarks.md
+	$(PY) benchmarks/bench_training_profile.py --presets tiny fast --size 416 544 --write-doc docs/benchmarks.md
+	$(PY) benchmarks/bench_backbone_layout.py --write-doc docs/benchmarks.md
+
+# Side by side with the authors' code: make bench-upstream UPSTREAM=path/to/a/Uni-Hema/checkout
+bench-upstream: $(STAMP)
+	$(PY) benchmarks/bench_upstream.py --upstream "$(UPSTREAM)" --write-doc docs/benchmarks.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -6,7 +6,7 @@ slowest case of a stage). Batches are prepared before the clock starts, so the n
 optimiser time without data loading. Sizes are those of ``src/unihema/configs/demo.yaml`` by default.
 
     python benchmarks/bench_training.py                                # print the table
-    python benchmarks/bench_training.py --write-doc docs/benchmarks.md # (re)write its section
+    python benchmarks/bench_training.py --presets tiny fast --det-sizes 128 416 --write-doc docs/benchmarks.md
 
 ``--write-doc`` replaces (or appends) the "Training throughput" section of the Markdown file and leaves the
 rest of the file untouched.
@@ -30,6 +30,7 @@ from unihema.data.loader import build_loader
 from unihema.data.schema import Task
 from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
 from unihema.data.transforms import TransformConfig
+from unihema.model.presets import PRESETS
 from unihema.model.unihema import UniHema
 from unihema.train.losses import UniHemaCriterion
 from unihema.train.trainer import _to_device
@@ -41,14 +42,14 @@ LEARNING_RATE = 1e-4
 
 
 def prepare_batches(
-    task: Task, batch_size: int, count: int, args: argparse.Namespace
+    task: Task, batch_size: int, count: int, args: argparse.Namespace, det_size: int
 ) -> list[dict[str, Any]]:
     corpus = SyntheticCorpus(
         SyntheticConfig(n_images=args.fields, image_size=args.field_size, crop_size=args.crop_size)
     )
     samples = corpus.samples(task, "train")
     transforms = TransformConfig(
-        det_train_sizes=(args.det_size,), det_eval_size=args.det_size, det_max_size=args.det_size,
+        det_train_sizes=(det_size,), det_eval_size=det_size, det_max_size=det_size,
         seg_size=args.seg_size, cls_size=args.cls_size, text_size=args.text_size,
     )  # fmt: skip
     loader = build_loader(
@@ -67,7 +68,8 @@ def measure(model: UniHema, task: Task, batches: list[dict[str, Any]], precision
     """Images per second over the timed steps (after ``warmup`` untimed ones)."""
     criterion = UniHemaCriterion()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE)
+    # The fused kernel, as unihema.train.optim.build_optimizer uses on CPU and CUDA.
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, fused=True)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16" else nullcontext()
     model.train()
     timed_images, start = 0, 0.0
@@ -87,7 +89,9 @@ def measure(model: UniHema, task: Task, batches: list[dict[str, Any]], precision
     return timed_images / (time.perf_counter() - start)
 
 
-def markdown(rows: list[tuple[str, int, str, float, float]], args: argparse.Namespace, command: str) -> str:
+def markdown(
+    rows: list[tuple[str, str, int, str, float, float]], args: argparse.Namespace, command: str
+) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         SECTION_TITLE,
@@ -95,25 +99,27 @@ def markdown(rows: list[tuple[str, int, str, float, float]], args: argparse.Name
         f"Command: `{command}`",
         "",
         f"Images per second of full training steps (forward, loss, backward, gradient clipping {GRAD_CLIP}, AdamW) "
-        f"with every trainable parameter of the `{args.preset}` preset updated, batch {args.batch_size}, "
+        f"with every trainable parameter of the preset updated (fused AdamW), batch {args.batch_size}, "
         f"{args.warmup} warm-up step(s) then {args.steps} timed steps, batches prepared in advance (no data "
-        f"loading); inputs: detection {args.det_size} px, segmentation {args.seg_size} px, single-cell "
-        f"{args.cls_size} px, text {args.text_size} px (the sizes of `src/unihema/configs/demo.yaml`). torch "
+        f"loading); inputs: detection {' and '.join(map(str, args.det_sizes))} px, segmentation {args.seg_size} px, "
+        f"single-cell {args.cls_size} px, text {args.text_size} px (128 px fields and these single-cell and text "
+        f"sizes are those of `src/unihema/configs/demo.yaml`; 416 px is the BCCD benchmark's size). Presets of "
+        "a task run one after another on the same batches. torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()} CPU, load average "
         f"{load:.1f} when the table was written (above the core count means other work shared the CPU; "
         "float32 and bfloat16 of a row run back to back, so their ratio is the robust number).",
         "",
-        "| task | batch | input | float32 (img/s) | bfloat16 autocast (img/s) |",
-        "|---|---:|---|---:|---:|",
+        "| preset | task | batch | input | float32 (img/s) | bfloat16 autocast (img/s) |",
+        "|---|---|---:|---|---:|---:|",
     ]
-    for task, batch, size, fp32, bf16 in rows:
-        lines.append(f"| {task} | {batch} | {size} | {fp32:.2f} | {bf16:.2f} |")
+    for preset, task, batch, size, fp32, bf16 in rows:
+        lines.append(f"| {preset} | {task} | {batch} | {size} | {fp32:.2f} | {bf16:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
+    parser.add_argument("--presets", nargs="+", default=["tiny"], choices=PRESETS)
     parser.add_argument(
         "--tasks", nargs="+", default=[t.value for t in Task], choices=[t.value for t in Task]
     )
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fields", type=int, default=24, help="synthetic fields to draw batches from")
     parser.add_argument("--field-size", type=int, default=128)
     parser.add_argument("--crop-size", type=int, default=48)
-    parser.add_argument("--det-size", type=int, default=128)
+    parser.add_argument("--det-sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--seg-size", type=int, default=128)
     parser.add_argument("--cls-size", type=int, default=64)
     parser.add_argument("--text-size", type=int, default=64)
@@ -133,21 +139,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = " ".join(["python benchmarks/bench_training.py", *(sys.argv[1:] if argv is None else argv)])
 
-    torch.manual_seed(0)
-    model = UniHema.from_preset(args.preset)
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    models = {}
+    for preset in args.presets:
+        torch.manual_seed(0)
+        model = UniHema.from_preset(preset)
+        models[preset] = (model, {k: v.clone() for k, v in model.state_dict().items()})
     rows = []
-    sizes = {"detection": args.det_size, "fov_morphology": args.det_size, "segmentation": args.seg_size,
-             "classification": args.cls_size, "cell_morphology": args.cls_size, "vqa": args.text_size, "mlm": args.text_size}  # fmt: skip
+    sizes = {"segmentation": args.seg_size, "classification": args.cls_size, "cell_morphology": args.cls_size,
+             "vqa": args.text_size, "mlm": args.text_size}  # fmt: skip
     for name in args.tasks:
         task = Task(name)
-        batches = prepare_batches(task, args.batch_size, args.warmup + args.steps, args)
-        rates = []
-        for precision in PRECISIONS:
-            model.load_state_dict(initial)  # every measurement starts from the same weights
-            rates.append(measure(model, task, batches, precision, args.warmup))
-            print(f"{name:16s} {precision:9s} {rates[-1]:8.2f} img/s", flush=True)
-        rows.append((name, args.batch_size, f"{sizes[name]} px", rates[0], rates[1]))
+        for det_size in args.det_sizes if name in ("detection", "fov_morphology") else [None]:
+            batches = prepare_batches(task, args.batch_size, args.warmup + args.steps, args, det_size or 128)
+            for preset, (model, initial) in models.items():
+                rates = []
+                for precision in PRECISIONS:
+                    model.load_state_dict(initial)  # every measurement starts from the same weights
+                    rates.append(measure(model, task, batches, precision, args.warmup))
+                    print(f"{preset:6s} {name:16s} {precision:9s} {rates[-1]:8.2f} img/s", flush=True)
+                size = det_size or sizes[name]
+                rows.append((preset, name, args.batch_size, f"{size} px", rates[0], rates[1]))
     section = markdown(rows, args, command)
     print(section)
     if args.write_doc:

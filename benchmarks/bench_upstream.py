@@ -96,7 +96,9 @@ class _PaddingTokenizer:
             words = min(len(text.split()) + 1, max_length)
             ids[row, :words] = torch.arange(3, 3 + words) % 32000
             mask[row, :words] = 1
-        return BatchEncoding({"input_ids": ids, "attention_mask": mask})
+        encoding = BatchEncoding({"input_ids": ids, "attention_mask": mask})
+        encoding.to = lambda device, **kwargs: encoding  # their code moves it to "cuda"
+        return encoding
 
     def as_target_tokenizer(self) -> Any:
         return nullcontext()
@@ -110,9 +112,6 @@ def build_upstream(root: Path) -> torch.nn.Module:
     sys.meta_path.insert(0, _AbsentFinder())
     sys.modules.setdefault("MultiScaleDeformableAttention", types.ModuleType("MultiScaleDeformableAttention"))
     transformers.AdamW = torch.optim.AdamW  # imported by their model file, gone from recent transformers
-    t5_config = transformers.T5Config(**FLAN_T5_BASE)
-    transformers.T5ForConditionalGeneration.from_pretrained = classmethod(lambda cls, *a, **k: cls(t5_config))
-    transformers.T5Tokenizer.from_pretrained = classmethod(lambda cls, *a, **k: _PaddingTokenizer())
     torch.Tensor.cuda = lambda self, *a, **k: self
     torch.nn.Module.cuda = lambda self, *a, **k: self
     resnet50 = torchvision.models.resnet50
@@ -125,15 +124,21 @@ def build_upstream(root: Path) -> torch.nn.Module:
             value, shapes, locations, weights
         )
     )
-    from models.dino.dino import build_dino
+    from models.dino import dino
 
+    # Their model file binds these names at import: replace them there (no download, no sentencepiece).
+    t5_config = transformers.T5Config(**FLAN_T5_BASE)
+    dino.T5ForConditionalGeneration = types.SimpleNamespace(
+        from_pretrained=lambda *a, **k: transformers.T5ForConditionalGeneration(t5_config)
+    )
+    dino.T5Tokenizer = types.SimpleNamespace(from_pretrained=lambda *a, **k: _PaddingTokenizer())
     config: dict[str, Any] = {}
     for name in ("coco_transformer.py", "DINO_4scale.py"):
         config.update(
             {k: v for k, v in runpy.run_path(str(root / "config" / "DINO" / name)).items() if k[0] != "_"}
         )
     config.update(device="cpu", backbone_dir=None, dataset_file="coco", lr_backbone=1e-5)
-    model, _, _ = build_dino(argparse.Namespace(**config))
+    model, _, _ = dino.build_dino(argparse.Namespace(**config))
     return model.eval()
 
 

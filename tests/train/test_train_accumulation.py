@@ -21,7 +21,11 @@ from unihema.train.stages import TrainConfig
 from unihema.train.trainer import iter_metrics, run_training
 
 BATCH = 4
-GRAD_ATOL = 1e-5
+# Relative to the largest gradient. Float32 rounding of single-image passes reaches 2.4e-5 on the stem
+# convolution of the FoV-attribute path (deformable attention sums its levels one at a time; every pixel
+# of every image feeds that gradient): in float32 a micro-batched gradient agrees to a few 1e-5 at
+# best. A wrong loss normaliser is off by a factor of the batch split, 1e-1 and more.
+GRAD_ATOL = 3e-5
 # Float sums are grouped differently (per pass, then across passes), and each AdamW step amplifies that a
 # little: the trajectories of a whole-batch and a micro-batched run agree to rounding.
 LOSS_RTOL = 1e-4

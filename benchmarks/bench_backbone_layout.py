@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from benchmark_doc import write_section
+from benchmark_doc import command_line, write_section
 
 from unihema.model.backbone import CHANNELS_LAST_MIN_PIXELS, ResNetBackbone
 
@@ -77,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     if args.write_doc:
-        command = "python benchmarks/bench_backbone_layout.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
+        command = command_line(__file__, argv)
         section = (
             f"{SECTION_TITLE}\n\nCommand: `{command}`. ResNet-{args.depth} with GroupNorm (the random-init "
             f"default), median of {args.repeats} alternating repeats, torch {torch.__version__}, "

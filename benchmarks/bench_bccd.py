@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from benchmark_doc import write_section
+from benchmark_doc import command_line, write_section
 from timed_training import train_for
 from torchvision.ops import box_convert
 
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.write_doc:
-        command = "python benchmarks/bench_bccd.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = command_line(__file__, argv)
         section = (
             f"{SECTION_TITLE}\n\nCommand: `{command}`. {len(train)} train+val images, {len(test)} test images, "
             f"{args.minutes:g} training minutes per model (evaluation excluded), random initialisation, batch {BATCH}, "

@@ -27,13 +27,12 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from benchmark_doc import write_section
+from benchmark_doc import command_line, write_section
 from timed_training import train_for
 
 from unihema.data.loader import build_loader
@@ -175,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results, sorted(args.minutes))
     print(text)
     if args.write_doc:
-        command = "python benchmarks/bench_convergence.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
+        command = command_line(__file__, argv)
         section = (
             f"{SECTION_TITLE}\n\nCommand: `{command}`. Synthetic test split ({EVAL_DETECTION_FIELDS} fields for "
             f"detection, {EVAL_CELLS} crops for classification), `tiny` preset from random weights, one task per "

@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from benchmark_doc import write_section
+from benchmark_doc import command_line, write_section
 
 from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
 
@@ -233,9 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(untrained {learn['untrained']:.3f}, majority {learn['majority']:.3f}, chance {learn['chance']:.3f})"
         )
     if not args.no_write:
-        command = "python benchmarks/bench_synthetic.py" + "".join(
-            " " + shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-        )
+        command = command_line(__file__, argv)
         write_section(DOC, SECTION, section(results, command, learn))
         print(f"wrote {DOC}")
     return 0

@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmark_doc import write_section
+from benchmark_doc import command_line, write_section
 
 SECTION_TITLE = "## Training memory against corpus size"
 TASKS = ("detection", "classification")
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child is not None:
         print(json.dumps(child(args.child, args.steps, args.run_dir)))
         return 0
-    command = " ".join(["python benchmarks/bench_train_memory.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line(__file__, argv)
     with tempfile.TemporaryDirectory(prefix="bench-train-memory-") as tmp:
         work = Path(tmp)
         pool = write_pool(work, args.pool)

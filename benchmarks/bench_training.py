@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from benchmark_doc import write_section
+from benchmark_doc import command_line, write_section
 
 from unihema.data.loader import build_loader
 from unihema.data.schema import Task
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "--write-doc", type=Path, help="Markdown file whose training-throughput section is (re)written"
     )
     args = parser.parse_args(argv)
-    command = " ".join(["python benchmarks/bench_training.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line(__file__, argv)
 
     models = {}
     for preset in args.presets:

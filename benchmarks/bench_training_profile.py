@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from benchmark_doc import write_section
+from benchmark_doc import command_line, write_section
 
 from unihema.data.schema import Task
 from unihema.model.presets import PRESETS
@@ -106,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.write_doc:
-        command = "python benchmarks/bench_training_profile.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
+        command = command_line(__file__, argv)
         section = (
             f"{SECTION_TITLE}\n\nCommand: `{command}`. Detection, batch {args.batch} of {args.size[0]}x{args.size[1]} "
             f"random fields with 30 boxes each, every parameter trainable, fused AdamW, median of {args.steps} steps "

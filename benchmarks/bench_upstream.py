@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from benchmark_doc import write_section
+from benchmark_doc import command_line, write_section
 
 from unihema.data.schema import Task
 from unihema.model.unihema import UniHema
@@ -213,9 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.write_doc:
-        command = "python benchmarks/bench_upstream.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
+        command = command_line(__file__, argv)
         section = (
             f"{SECTION_TITLE}\n\nCommand: `{command}` (a checkout of commit bf69dde of the public "
             f"repository). One {args.height}x{args.width} input, batch 1, random "

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from pathlib import Path
 
 from unihema.atomic import atomic_write_text
 
 DOC_HEADER = "# Benchmarks\n"
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that ran ``script`` (a benchmark's ``__file__``) with ``argv`` (``None``: this process's
+    arguments), as a docs section quotes it: ``python benchmarks/NAME.py ARGS``."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *(shlex.quote(a) for a in args)])
 
 
 def write_section(path: Path, title: str, section: str) -> None:

@@ -95,9 +95,9 @@ class _ResNetBody(nn.Module):
 
 
 CHANNELS_LAST_MIN_PIXELS = 256 * 256
-"""Inputs with more pixels than this run the backbone channels-last. Measured on a 2-core CPU (ResNet-18,
-forward and backward, channels-last time / contiguous time): 1.43 at 4x128x128, 1.03 at 4x256x256, 0.75 at
-4x416x544; forward alone 0.76 at 512x512 (``benchmarks/bench_backbone_layout.py``)."""
+"""Inputs with more pixels than this run the backbone channels-last: on a CPU it is slower on small inputs
+(the demo's 128 px fields and 64 px crops), level at 256x256 and faster above ("Backbone memory layout" in
+``docs/benchmarks.md``, from ``benchmarks/bench_backbone_layout.py``)."""
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:

@@ -53,10 +53,9 @@ def build_optimizer(model: nn.Module, stage: StageConfig) -> torch.optim.Optimiz
         groups.append({"params": low, "lr": stage.lr * stage.backbone_lr_scale, "name": "backbone"})
     if not main and not low:
         raise ValueError(f"stage {stage.name!r}: no trainable parameters (train: {list(stage.train)})")
-    params = main + low
     # The fused kernel updates every tensor in one pass (about 3x faster than the per-tensor loop on a
     # CPU); it exists for floating-point parameters on CPU and CUDA only.
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in (*main, *low))
     return torch.optim.AdamW(
         groups, lr=stage.lr, betas=stage.betas, weight_decay=stage.weight_decay, fused=fused or None
     )

@@ -35,6 +35,7 @@ def _with_stage(**changes: object) -> dict:
         ),
         ({"mode": "zip"}, r"stages\[0\] \(s1\)\.mode must be one of"),
         ({"max_steps": None}, r"stages\[0\] \(s1\) needs epochs or max_steps"),
+        ({"max_minutes": 0}, r"stages\[0\] \(s1\)\.max_minutes must be a number > 0 or null, got 0"),
         ({"k_per_task": {"detection": 2}}, r"k_per_task has no batch size for \['classification'\]"),
         ({"scheduler": {"name": "poly"}}, r"stages\[0\] \(s1\)\.scheduler\.name must be one of"),
         ({"warmup": 3}, r"stages\[0\] \(s1\)\.warmup is not a known field"),

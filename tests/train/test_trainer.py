@@ -206,3 +206,24 @@ def test_a_task_whose_loss_reaches_no_trained_group_is_refused_by_name(tmp_path:
                        r"parameter: it trains only SCFE, heads; add the groups detection needs"):  # fmt: skip
         run_training(config, tmp_path / "run", progress=False)
     assert not list(iter_metrics(tmp_path / "run"))  # refused at its first step, before any update
+
+
+def test_a_stage_ends_when_its_time_budget_is_spent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each reading of the trainer's clock is 20 s after the previous one: the first step ends 20 s into
+    # the stage, so a 1-minute budget is spent after the third of the 50 allowed steps.
+    ticks = iter(range(0, 10_000, 20))
+    monkeypatch.setattr("unihema.train.trainer.perf_counter", lambda: float(next(ticks)))
+    stages = [
+        {"name": "timed", **CLS_STAGE, "train": ["heads"], "max_steps": 50, "max_minutes": 1},
+        {"name": "after", **CLS_STAGE, "train": ["heads"], "max_steps": 2},
+    ]
+    run_dir = tmp_path / "run"
+    run_training(TrainConfig.from_dict(mini_config(stages)), run_dir, progress=False)
+    rows = list(iter_metrics(run_dir))
+    assert [r["stage_name"] for r in rows] == ["timed"] * 3 + ["after"] * 2
+    log = (run_dir / "train.log").read_text()
+    assert "stage timed finished after 3 steps in 60.0 s; its 1-minute budget was spent" in log
+    # The next stage starts its own clock and ends at its step limit, not at the budget it does not have.
+    assert "stage after finished after 2 steps in 40.0 s\n" in log
+    state = torch.load(run_dir / "checkpoints" / "stage-01-timed" / "training_state.pt", weights_only=True)
+    assert state["progress"]["stage_seconds"] == 60.0  # what a resumed stage would count on from

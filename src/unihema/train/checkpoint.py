@@ -77,6 +77,7 @@ class Progress:
         stage_done: True once the stage finished (resume then starts the next selected stage).
         nonfinite_streak: consecutive skipped steps at the time of the checkpoint.
         completed_stages: names of the stages finished so far.
+        stage_seconds: wall-clock seconds the stage in progress has trained (its ``max_minutes`` budget).
     """
 
     stage_index: int = 0
@@ -88,6 +89,7 @@ class Progress:
     stage_done: bool = False
     nonfinite_streak: int = 0
     completed_stages: list[str] = field(default_factory=list)
+    stage_seconds: float = 0.0
 
 
 def rng_state() -> dict[str, Any]:

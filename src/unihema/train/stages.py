@@ -76,6 +76,11 @@ class StageConfig:
             frozen. Parameters the model itself keeps frozen (e.g. the ResNet stem) stay frozen.
         epochs: passes over the stage's data (an epoch is one pass of the multi-task sampler).
         max_steps: optimiser steps of the stage; with ``epochs`` too, whichever ends first.
+        max_minutes: wall-clock budget of the stage's training loop (data loading and checkpoints
+            included); the stage ends after the step that reaches it, or at ``epochs`` / ``max_steps`` when
+            those come first. Schedules are planned over the ``epochs`` / ``max_steps`` length, so a stage
+            cut short by its budget stops part-way through a cosine or step schedule (a constant schedule
+            is unaffected). A resumed stage counts the time it had already trained.
         k_per_task: images per task per batch on each process, one number or task -> number.
         micro_batch: how many of a task batch's images go through one forward and backward pass: ``null``
             (all at once), a number (at most that many; the gradients of the passes add up to the one of
@@ -99,6 +104,7 @@ class StageConfig:
     train: tuple[str, ...]
     epochs: float | None = None
     max_steps: int | None = None
+    max_minutes: float | None = None
     k_per_task: int | dict[Task, int] = 2
     micro_batch: int | str | None = None
     mode: str = "round_robin"
@@ -171,6 +177,7 @@ class StageConfig:
         for name, kind, message in (
             ("epochs", is_number, "must be a number > 0"),
             ("max_steps", is_int, "must be an integer > 0"),
+            ("max_minutes", is_number, "must be a number > 0 or null"),
             ("grad_clip", is_number, "must be a number > 0 or null"),
         ):
             value = getattr(self, name)

@@ -46,6 +46,7 @@ import logging
 import math
 import random
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -216,7 +217,7 @@ class Trainer:
             if resume_state is None:
                 progress.stage_index, progress.stage_name = index, stage.name
                 progress.stage_step = progress.epoch = progress.batch_in_epoch = 0
-                progress.stage_done = False
+                progress.stage_done, progress.stage_seconds = False, 0.0
                 if pending_rng is not None:
                     set_rng_state(pending_rng[self.context.rank])
             pending_rng = None
@@ -258,8 +259,11 @@ class Trainer:
                 unit="step",
                 dynamic_ncols=True,
             )
+        # A resumed stage goes on counting from the time it had trained before.
+        started = perf_counter() - progress.stage_seconds
+        out_of_time = False
         try:
-            while progress.stage_step < run.total_steps:
+            while progress.stage_step < run.total_steps and not out_of_time:
                 if progress.batch_in_epoch == 0:
                     run.sampler.set_epoch(progress.epoch)
                 for batch in run.data.loader:
@@ -267,11 +271,13 @@ class Trainer:
                     progress.batch_in_epoch += 1
                     progress.stage_step += 1
                     progress.global_step += 1
+                    progress.stage_seconds = perf_counter() - started
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{run.window.rate():.1f}")
                     stop = progress.nonfinite_streak >= runtime.max_nonfinite_steps
-                    last_step = progress.stage_step >= run.total_steps
+                    out_of_time = self._budget_spent(stage, progress)
+                    last_step = progress.stage_step >= run.total_steps or out_of_time
                     if stop or last_step or progress.stage_step % runtime.log_every == 0:
                         self._log(run, progress)
                     if stop:
@@ -291,7 +297,23 @@ class Trainer:
         progress.stage_done = True
         progress.completed_stages.append(stage.name)
         self._checkpoint(stage_checkpoint_name(index, stage.name), run, progress)
-        logger.info("stage %s finished after %d steps", stage.name, progress.stage_step)
+        budget = f"; its {stage.max_minutes:g}-minute budget was spent" if out_of_time else ""
+        logger.info(
+            "stage %s finished after %d steps in %.1f s%s",
+            stage.name, progress.stage_step, progress.stage_seconds, budget,
+        )  # fmt: skip
+        progress.stage_seconds = 0.0
+
+    def _budget_spent(self, stage: StageConfig, progress: Progress) -> bool:
+        """Whether the stage's ``max_minutes`` are used up; under DDP the ranks agree (any rank's clock
+        ends the stage for all, so they stop at the same step)."""
+        if stage.max_minutes is None:
+            return False
+        spent = progress.stage_seconds >= stage.max_minutes * 60.0
+        if self.context.world_size > 1:
+            flag = torch.tensor(float(spent), device=self.device)
+            spent = bool(dist_utils.all_reduce_sum(flag).item() > 0)
+        return spent
 
     def _nonfinite_error(self, stage: StageConfig, progress: Progress) -> NonFiniteLossError:
         last = latest_checkpoint(self.run_dir)

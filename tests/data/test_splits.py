@@ -12,11 +12,14 @@ from support.paths import DATASETS_ROOT, dataset_path
 from unihema.data import splits as splits_module
 from unihema.data.schema import ArrayImage, FileImage, Sample, Task
 from unihema.data.splits import (
+    HASH_SPLIT_ORIGIN,
+    SPLIT_ORIGIN_KEY,
     HashCache,
     SplitConfig,
     assign_splits,
     content_hashes,
     hash_split,
+    is_hash_split,
     read_duplicate_hints,
     resolve_cross_dataset_leaks,
 )
@@ -92,6 +95,19 @@ def test_assign_splits_keeps_split_groups_together_and_rejects_unknown_split():
         assign_splits([_array_sample("bad", split="holdout")])
 
 
+def test_assign_splits_marks_the_samples_it_splits_by_hash():
+    config = SplitConfig(val_fraction=0.2, test_fraction=0.2)
+    published = _array_sample("own", split="test", note="kept")
+    drawn = _array_sample("drawn", note="kept")
+    kept, hashed = assign_splits([published, drawn], config)
+    assert kept is published and not is_hash_split(kept) and SPLIT_ORIGIN_KEY not in kept.extra
+    assert is_hash_split(hashed) and hashed.extra == {"note": "kept", SPLIT_ORIGIN_KEY: HASH_SPLIT_ORIGIN}
+    assert hashed.split == hash_split("toy/drawn", config)
+    assert drawn.extra == {"note": "kept"} and drawn.split is None  # the input's extra is not shared
+    (resplit,) = assign_splits([published], SplitConfig(respect_source_split=False))
+    assert is_hash_split(resplit)
+
+
 # ---------------------------------------------------------------------------------------------- hashing
 
 
@@ -162,7 +178,10 @@ def test_resolve_drops_training_copies_of_eval_images(tmp_path):
     assert [s.sample_id for s in resolved["a"]] == ["x.png", "y.png"]
     assert [s.sample_id for s in resolved["b"]] == ["z.png"]
     assert report.by_pair() == {("a", "b"): 1, ("b", "a"): 2}
-    assert "3 training samples" in report.summary()
+    assert (
+        "3 training samples" in report.summary()
+        and "0 moved into training, 0 moved to val/test, 3 dropped" in report.summary()
+    )
     assert len(corpus["b"]) == 3  # input untouched
     report.write_csv(tmp_path / "leaks.csv")
     rows = list(csv.DictReader((tmp_path / "leaks.csv").open()))
@@ -192,6 +211,105 @@ def test_resolve_move_and_same_dataset_option(tmp_path):
         resolve_cross_dataset_leaks({"d": [_array_sample("unsplit")]})
     with pytest.raises(ValueError, match="action"):
         resolve_cross_dataset_leaks(own, action="keep")  # type: ignore[arg-type]
+
+
+def _hashed(sample: Sample) -> Sample:
+    """``sample`` as :func:`assign_splits` returns a hash-split copy (its split drawn, not published)."""
+    sample.extra[SPLIT_ORIGIN_KEY] = HASH_SPLIT_ORIGIN
+    return sample
+
+
+def _shared_images(tmp_path: Path) -> dict[str, list[Sample]]:
+    """Images shared by a dataset with a published split (``pub``), one split by hash (``hashed``) and
+    another published one (``other``)."""
+    paths = {}
+    for value, name in enumerate(("x", "y", "z", "w", "solo"), start=1):
+        paths[name] = _write_png(tmp_path / f"{name}.png", value)
+        for copy in ("hashed", "other"):
+            paths[f"{copy}_{name}"] = tmp_path / f"{copy}_{name}.png"
+            paths[f"{copy}_{name}"].write_bytes(paths[name].read_bytes())
+    return {
+        "pub": [
+            _file_sample(paths["x"], "pub", "train"),  # x: published train, a hash-split test copy
+            _file_sample(paths["y"], "pub", "test"),  # y: published test, a published train copy
+            _file_sample(paths["w"], "pub", "val"),  # w: published val and test, a hash-split train copy
+            _file_sample(paths["solo"], "pub", "train"),
+        ],
+        "hashed": [
+            _hashed(_file_sample(paths["hashed_x"], "hashed", "test")),
+            _hashed(_file_sample(paths["hashed_y"], "hashed", "val")),
+            _hashed(_file_sample(paths["hashed_z"], "hashed", "train")),  # z: hash splits only
+            _hashed(_file_sample(paths["hashed_w"], "hashed", "train")),
+        ],
+        "other": [
+            _file_sample(paths["other_y"], "other", "train"),
+            _hashed(_file_sample(paths["other_z"], "other", "val")),
+            _file_sample(paths["other_w"], "other", "test"),
+        ],
+    }
+
+
+def _splits(resolved: dict[str, list[Sample]]) -> dict[str, dict[str, str | None]]:
+    return {name: {s.sample_id: s.split for s in samples} for name, samples in resolved.items()}
+
+
+def test_align_gives_every_copy_of_an_image_one_split(tmp_path):
+    corpus = _shared_images(tmp_path)
+    before = _splits(corpus)
+    resolved, report = resolve_cross_dataset_leaks(corpus, action="align")
+    # Hash-split copies take the published split (x: into training), else the strictest split (z: val).
+    hashed = {"hashed_x.png": "train", "hashed_y.png": "test", "hashed_z.png": "val", "hashed_w.png": "test"}
+    assert _splits(resolved) == {
+        "pub": {"x.png": "train", "y.png": "test", "w.png": "val", "solo.png": "train"},  # as published
+        "hashed": hashed,
+        # the published training copy of y follows pub's test copy; published val/test copies stay
+        "other": {"other_y.png": "test", "other_z.png": "val", "other_w.png": "test"},
+    }
+    assert _splits(corpus) == before  # inputs untouched
+    assert (report.moved_to_train, report.moved, report.removed, report.hashed) == (1, 4, 0, 11)
+    assert report.split_overrides() == {"hashed": hashed}
+    outcomes = {pair: (o.moved_to_train, o.moved_to_eval, o.dropped) for pair, o in report.outcomes().items()}
+    assert outcomes == {
+        ("hashed", "pub"): (1, 1, 0),  # x into training, y to test
+        ("hashed", "other"): (0, 2, 0),  # z to other's val, w to other's published test
+        ("other", "pub"): (0, 1, 0),  # other's training copy of y
+    }
+    # The leaks found before aligning: the training copies of x, y, z and w.
+    assert sorted((leak.train_dataset, leak.train_sample_id) for leak in report.leaks) == [
+        ("hashed", "hashed_w.png"), ("hashed", "hashed_z.png"), ("other", "other_y.png"), ("pub", "x.png"),
+    ]  # fmt: skip
+    summary = report.summary()
+    assert "(align): 1 moved into training, 4 moved to val/test, 0 dropped" in summary
+    assert "  hashed (image also in pub): 1 moved into training, 1 moved to val/test, 0 dropped" in summary
+    report.write_csv(tmp_path / "aligned.csv")
+    rows = list(csv.DictReader((tmp_path / "aligned.csv").open()))
+    assert len(rows) == 5 and {r["split_origin"] for r in rows} == {"hash", "source"}
+    (x_row,) = [r for r in rows if r["sample_id"] == "hashed_x.png"]
+    assert (x_row["old_split"], x_row["new_split"], x_row["other_dataset"]) == ("test", "train", "pub")
+
+
+def test_align_same_dataset_option_and_that_drop_and_move_ignore_the_split_origin(tmp_path):
+    dup = _write_png(tmp_path / "dup.png", 9)
+    twin = tmp_path / "dup_twin.png"
+    twin.write_bytes(dup.read_bytes())
+    own = {"c": [_hashed(_file_sample(dup, "c", "test")), _file_sample(twin, "c", "train")]}
+    kept, report = resolve_cross_dataset_leaks(own, action="align", same_dataset=False)
+    assert _splits(kept) == {"c": {"dup.png": "test", "dup_twin.png": "train"}} and not report.changes
+    aligned, report = resolve_cross_dataset_leaks(own, action="align")
+    assert _splits(aligned) == {"c": {"dup.png": "train", "dup_twin.png": "train"}}  # the published split
+    assert report.split_overrides() == {"c": {"dup.png": "train"}}
+
+    # drop and move treat hash-split copies as any other: training copies of val/test images leave training.
+    corpus = _shared_images(tmp_path)
+    dropped, report = resolve_cross_dataset_leaks(corpus)
+    assert report.removed == 4 and not report.changes and report.split_overrides() == {}
+    assert _splits(dropped)["hashed"] == {"hashed_x.png": "test", "hashed_y.png": "val"}
+    assert _splits(dropped)["pub"] == {"y.png": "test", "w.png": "val", "solo.png": "train"}
+    moved, report = resolve_cross_dataset_leaks(corpus, action="move")
+    assert (report.moved, report.moved_to_train, report.removed) == (4, 0, 0)
+    assert _splits(moved)["pub"]["x.png"] == "test" and _splits(moved)["hashed"]["hashed_x.png"] == "test"
+    # Only the hash-split samples that moved are overrides (evaluation re-derives their split).
+    assert report.split_overrides() == {"hashed": {"hashed_z.png": "val", "hashed_w.png": "test"}}
 
 
 # ---------------------------------------------------------------------------------------------- real data
@@ -267,3 +385,38 @@ def test_real_bccd_txl_pbc_leaks_match_duplicate_list(tmp_path):
         groups.setdefault(digest, set()).add(str(sample.source_path.relative_to(DATASETS_ROOT)))
     hashed_pairs = sum(len(g) - 1 for g in groups.values() if len(g) > 1)
     assert hashed_pairs == staged_pairs
+
+
+@pytest.mark.realdata
+@pytest.mark.filterwarnings("ignore::unihema.data.formats._common.ReaderWarning")
+def test_real_wbcatt_keeps_its_training_images_under_align(tmp_path):
+    """WBCAtt publishes a split for PBC images; PBC has none. Dropping loses WBCAtt training images to PBC's
+    hash split, aligning keeps them all (PBC's copies follow WBCAtt's split)."""
+    from unihema.data.catalog import get_dataset
+    from unihema.data.formats import read_dataset
+
+    corpus = {}
+    for name in ("pbc", "wbcatt"):
+        entry = get_dataset(name)
+        result = read_dataset(
+            dataset_path(name), dataset=name, default_format=entry.reader, default_options=entry.options
+        )
+        corpus[name] = assign_splits(result.samples, SplitConfig(val_fraction=0.1, test_fraction=0.1))
+    cache = HashCache(tmp_path / "hashes.json")
+    dropped, _ = resolve_cross_dataset_leaks(corpus, action="drop", cache=cache)
+    aligned, report = resolve_cross_dataset_leaks(corpus, action="align", cache=cache)
+
+    def wbcatt_train(resolved: dict[str, list[Sample]]) -> int:
+        return sum(s.split == "train" for s in resolved["wbcatt"])
+
+    assert _splits(aligned)["wbcatt"] == _splits(corpus)["wbcatt"]  # its published split wins everywhere
+    # Dropping loses the images PBC's hash split puts in val/test (about 20 %), aligning none.
+    assert wbcatt_train(aligned) == wbcatt_train(corpus) > 0
+    assert wbcatt_train(dropped) < 0.9 * wbcatt_train(corpus)
+    assert report.removed == 0 and report.moved_to_train > 0 and set(report.split_overrides()) == {"pbc"}
+    # One split per image afterwards.
+    flat = [s for samples in aligned.values() for s in samples]
+    splits_of: dict[str, set[str | None]] = {}
+    for sample, digest in zip(flat, content_hashes(flat, cache)):
+        splits_of.setdefault(digest, set()).add(sample.split)
+    assert all(len(found) == 1 for found in splits_of.values())

@@ -11,7 +11,7 @@ Examples::
 ``--out DIR`` writes a Table 1 / Table 2 style report (``report.md``, ``report.csv``, ``report.json`` and
 ``plots/``, see :mod:`unihema.evaluate.tables`); datasets the model folder's training record does not list
 are marked unseen. A seen dataset without a split of its own is split as training split it (the recorded
-split settings), so only its held-out samples are scored; an unseen one is scored whole.
+split settings and split overrides), so only its held-out samples are scored; an unseen one is scored whole.
 
 ``--split`` must name a split (``train``, ``val``, ``test``, or one the dataset's samples carry): any other
 name is an error listing the splits present. A detection or FoV-morphology task whose samples hold no box
@@ -138,10 +138,7 @@ def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: A
     result = read_dataset(root, args.format, parse_option_pairs(args.option or []), dataset=name)
     samples = result.samples
     if seen:
-        from unihema.data.splits import SplitConfig, assign_splits
-
-        # Samples without a split of their own get the split training gave them: only held-out ones count.
-        samples = assign_splits(samples, SplitConfig(**record.get("splits", {})))
+        samples = _training_splits(samples, name, record)
     present = sorted({s.split for s in samples if s.split is not None})
     _check_split(args.split, name, present)
     grouped: dict[Task, list[Any]] = {}
@@ -151,6 +148,25 @@ def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: A
     crops = [s for s in samples if s.task is Task.CLASSIFICATION] if probe else []
     skipped = [{"sample": item.path, "reason": item.reason} for item in result.skipped]
     return EvalDataset(name, grouped, crops, seen, str(root), skipped, trained), present
+
+
+def _training_splits(samples: list[Any], name: str, record: dict[str, Any]) -> list[Any]:
+    """``samples`` of the seen dataset ``name`` with the splits training gave them, so that only held-out
+    ones count: the recorded hash split for those without a split of their own, then the record's
+    ``split_overrides`` (hash-split images that another dataset of the run publishes in another split, e.g.
+    for training). A record without overrides (older runs) leaves the hash splits as they are."""
+    import dataclasses
+
+    from unihema.data.splits import SplitConfig, assign_splits, is_hash_split
+
+    samples = assign_splits(samples, SplitConfig(**record.get("splits", {})))
+    overrides = record.get("split_overrides", {}).get(name, {})
+    return [
+        dataclasses.replace(s, split=overrides[s.sample_id])
+        if is_hash_split(s) and s.sample_id in overrides
+        else s
+        for s in samples
+    ]
 
 
 def _datasets(args: argparse.Namespace, preprocessor: Any, record: Any) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Deterministic train/val/test splits and cross-dataset de-duplication.
+"""Deterministic train/val/test splits and the content hashes that find images shared between datasets.
 
 Two independent steps:
 
@@ -6,14 +6,16 @@ Two independent steps:
    own split (``Sample.split``) keeps it; the others are split by a hash of ``(seed, dataset, group)``,
    where ``group`` is ``Sample.extra["split_group"]`` when a reader sets it (several samples cut from
    one source image must share a split) and the ``sample_id`` otherwise. Because the assignment of a
-   sample depends only on its own key, adding samples to a dataset never moves existing ones.
+   sample depends only on its own key, adding samples to a dataset never moves existing ones. A
+   hash-split copy is marked ``Sample.extra["split_origin"] = "hash"`` (:func:`is_hash_split`), so that
+   later steps can tell a split the dataset published from one drawn here.
 
-2. :func:`resolve_cross_dataset_leaks` finds training samples whose image is byte-for-byte identical
-   to a validation or test image (of any dataset, and of any task) and drops them from training, or
-   moves them to the evaluation split they leak into. Public blood-smear datasets re-publish each
-   other's images under new names (e.g. TXL-PBC contains BCCD and PBC images), so without this step a
-   model is tested on images it was trained on. The check hashes file contents (BLAKE2b), cached per
-   ``(path, mtime, size)`` so that repeated runs only re-hash changed files.
+2. :func:`unihema.data.leaks.resolve_cross_dataset_leaks` (also importable from here) finds images that
+   are byte-for-byte identical across samples of different splits (of any dataset, and of any task) and
+   gives them one split, or drops or moves the training copies. Public blood-smear datasets re-publish
+   each other's images under new names (e.g. TXL-PBC contains BCCD and PBC images), so without this step
+   a model is tested on images it was trained on. The check hashes file contents (BLAKE2b, this module),
+   cached per ``(path, mtime, size)`` so that repeated runs only re-hash changed files.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +40,10 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 EVAL_SPLITS: frozenset[str] = frozenset({"val", "test"})
 SPLIT_GROUP_KEY = "split_group"
 """``Sample.extra`` key naming the group a sample is split with (e.g. the source image of a crop)."""
+SPLIT_ORIGIN_KEY = "split_origin"
+"""``Sample.extra`` key that :func:`assign_splits` sets on the samples it splits by hash."""
+HASH_SPLIT_ORIGIN = "hash"
+"""Value of ``Sample.extra[SPLIT_ORIGIN_KEY]`` for a split drawn by :func:`hash_split`, not published."""
 
 _HASH_DIGEST_BYTES = 20  # 160-bit BLAKE2b: collision odds are negligible for any corpus size
 _HASH_CHUNK_BYTES = 1 << 20
@@ -98,20 +104,29 @@ def hash_split(key: str, config: SplitConfig) -> str:
 def assign_splits(samples: Iterable[Sample], config: SplitConfig | None = None) -> list[Sample]:
     """Copies of ``samples`` that all have a split (see the module docstring). Inputs are not modified.
 
-    Raises ``ValueError`` naming the sample when a source split is not one of :data:`SPLITS`.
+    A sample keeping its source split is returned as is; a hash-split one is a copy whose ``extra`` also
+    holds ``SPLIT_ORIGIN_KEY: HASH_SPLIT_ORIGIN``. Raises ``ValueError`` naming the sample when a source
+    split is not one of :data:`SPLITS`.
     """
     config = config or SplitConfig()
     out: list[Sample] = []
     for sample in samples:
         split = sample.split if config.respect_source_split else None
         if split is None:
-            split = hash_split(split_key(sample), config)
+            extra = {**sample.extra, SPLIT_ORIGIN_KEY: HASH_SPLIT_ORIGIN}
+            out.append(dataclasses.replace(sample, split=hash_split(split_key(sample), config), extra=extra))
         elif split not in SPLITS:
             raise ValueError(
                 f"sample {sample.dataset}/{sample.sample_id}: split {split!r} is not one of {SPLITS}"
             )
-        out.append(sample if split == sample.split else dataclasses.replace(sample, split=split))
+        else:
+            out.append(sample)
     return out
+
+
+def is_hash_split(sample: Sample) -> bool:
+    """Whether the split of ``sample`` was drawn by :func:`assign_splits` rather than published with it."""
+    return sample.extra.get(SPLIT_ORIGIN_KEY) == HASH_SPLIT_ORIGIN
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,169 +221,6 @@ def content_hashes(
         return list(pool.map(lambda s: sample_content_hash(s, cache), items))
 
 
-# --------------------------------------------------------------------------------------------------
-# Leak resolution
-
-
-@dataclass(frozen=True)
-class Leak:
-    """A training sample whose image is also an evaluation image."""
-
-    digest: str
-    train_dataset: str
-    train_sample_id: str
-    train_path: str | None
-    eval_dataset: str
-    eval_sample_id: str
-    eval_split: str
-    eval_path: str | None
-
-
-@dataclass
-class LeakReport:
-    """What :func:`resolve_cross_dataset_leaks` found and did.
-
-    Attributes:
-        action: ``"drop"`` or ``"move"``.
-        leaks: one entry per leaking training sample (paired with one evaluation copy).
-        removed: number of training samples dropped (``action="drop"``).
-        moved: number of training samples moved to an evaluation split (``action="move"``).
-        hashed: number of samples hashed.
-    """
-
-    action: str
-    leaks: list[Leak] = field(default_factory=list)
-    removed: int = 0
-    moved: int = 0
-    hashed: int = 0
-
-    def by_pair(self) -> dict[tuple[str, str], int]:
-        """Leak counts per ``(train_dataset, eval_dataset)``."""
-        counts: dict[tuple[str, str], int] = {}
-        for leak in self.leaks:
-            key = (leak.train_dataset, leak.eval_dataset)
-            counts[key] = counts.get(key, 0) + 1
-        return counts
-
-    def summary(self) -> str:
-        lines = [
-            f"{len(self.leaks)} training samples share their image with a val/test sample ({self.action})"
-        ]
-        for (train, evaluated), count in sorted(self.by_pair().items()):
-            lines.append(f"  {train} (train) = {evaluated} (val/test): {count}")
-        return "\n".join(lines)
-
-    def write_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write every leak as a CSV row (atomically)."""
-        columns = [f.name for f in dataclasses.fields(Leak)]
-        rows = [",".join(columns)]
-        for leak in self.leaks:
-            rows.append(",".join(_csv_cell(getattr(leak, c)) for c in columns))
-        atomic_write_text(Path(path), "\n".join(rows) + "\n")
-
-
-def resolve_cross_dataset_leaks(
-    samples_by_dataset: Mapping[str, list[Sample]],
-    *,
-    action: Literal["drop", "move"] = "drop",
-    same_dataset: bool = True,
-    cache: HashCache | None = None,
-    num_threads: int = 4,
-) -> tuple[dict[str, list[Sample]], LeakReport]:
-    """Remove (or move) training samples whose image is a validation/test image of another sample.
-
-    Args:
-        samples_by_dataset: split samples per dataset (run :func:`assign_splits` first; a sample
-            without a split raises ``ValueError``).
-        action: ``"drop"`` removes the leaking training samples (evaluation sets stay as published);
-            ``"move"`` gives them the evaluation split they leak into (``"test"`` wins over ``"val"``),
-            which keeps their labels but changes that dataset's evaluation set.
-        same_dataset: also resolve leaks inside one dataset (duplicate files across its own splits, or
-            the same image used by two tasks with different splits). With False only pairs from
-            different datasets count.
-        cache: hash cache to reuse (and fill); a fresh in-memory one when omitted.
-        num_threads: threads used to hash files.
-
-    Returns:
-        ``(samples_by_dataset, report)``: new lists (inputs are not modified), same keys and order.
-    """
-    if action not in ("drop", "move"):
-        raise ValueError(f"action must be 'drop' or 'move', got {action!r}")
-    cache = cache or HashCache()
-    flat: list[Sample] = []
-    for name, samples in samples_by_dataset.items():
-        for sample in samples:
-            if sample.split not in SPLITS:
-                raise ValueError(
-                    f"dataset {name!r}, sample {sample.sample_id!r}: split {sample.split!r} is not one of "
-                    f"{SPLITS}; call assign_splits first"
-                )
-            flat.append(sample)
-    digests = content_hashes(flat, cache, num_threads=num_threads)
-
-    # For every digest, the evaluation copies (test first: a move goes to the strictest split).
-    eval_copies: dict[str, list[Sample]] = {}
-    for sample, digest in zip(flat, digests):
-        if sample.split in EVAL_SPLITS:
-            eval_copies.setdefault(digest, []).append(sample)
-    for copies in eval_copies.values():
-        copies.sort(key=lambda s: (s.split != "test", s.dataset, s.sample_id))
-
-    report = LeakReport(action=action, hashed=len(flat))
-    leaking: dict[int, str] = {}  # id(sample) -> split it moves to
-    for sample, digest in zip(flat, digests):
-        if sample.split != "train" or digest not in eval_copies:
-            continue
-        candidates = [e for e in eval_copies[digest] if same_dataset or e.dataset != sample.dataset]
-        if not candidates:
-            continue
-        other = candidates[0]
-        report.leaks.append(
-            Leak(
-                digest=digest,
-                train_dataset=sample.dataset,
-                train_sample_id=sample.sample_id,
-                train_path=_path_of(sample),
-                eval_dataset=other.dataset,
-                eval_sample_id=other.sample_id,
-                eval_split=str(other.split),
-                eval_path=_path_of(other),
-            )
-        )
-        leaking[id(sample)] = str(other.split)
-
-    resolved: dict[str, list[Sample]] = {}
-    for name, samples in samples_by_dataset.items():
-        kept: list[Sample] = []
-        for sample in samples:
-            target = leaking.get(id(sample))
-            if target is None:
-                kept.append(sample)
-            elif action == "move":
-                kept.append(dataclasses.replace(sample, split=target))
-                report.moved += 1
-            else:
-                report.removed += 1
-        resolved[name] = kept
-    cache.save()
-    return resolved, report
-
-
-def _path_of(sample: Sample) -> str | None:
-    if sample.source_path is not None:
-        return str(sample.source_path)
-    if isinstance(sample.image, FileImage):
-        return str(sample.image.path)
-    return None
-
-
-def _csv_cell(value: object) -> str:
-    text = "" if value is None else str(value)
-    if any(ch in text for ch in ',"\n'):
-        text = '"' + text.replace('"', '""') + '"'
-    return text
-
-
 def read_duplicate_hints(csv_path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """Pairs of relative paths listed in a precomputed duplicates CSV (first two columns).
 
@@ -381,3 +233,17 @@ def read_duplicate_hints(csv_path: str | os.PathLike[str]) -> list[tuple[str, st
         if header is None or len(header) < 2:
             raise ValueError(f"{path}: expected a header with at least two path columns")
         return [(row[0], row[1]) for row in reader if len(row) >= 2]
+
+
+_LEAK_NAMES = frozenset(
+    {"Leak", "LeakReport", "PairOutcome", "RESOLVE_ACTIONS", "SplitChange", "resolve_cross_dataset_leaks"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    # The leak resolution lives in unihema.data.leaks (which imports this module); re-exported lazily.
+    if name in _LEAK_NAMES:
+        from unihema.data import leaks
+
+        return getattr(leaks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,13 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from unihema.data.leaks import RESOLVE_ACTIONS
 from unihema.data.schema import SYNTHETIC_DATASET
 from unihema.validation import ValidationError, is_int, is_number, require
 
 SCHEDULERS: tuple[str, ...] = ("constant", "step", "cosine")
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-LEAK_ACTIONS: tuple[str, ...] = ("drop", "move", "keep")
+LEAK_ACTIONS: tuple[str, ...] = (*RESOLVE_ACTIONS, "keep")  # "keep": no duplicate check
 
 
 class TrainConfigError(ValidationError):
@@ -104,9 +105,13 @@ class DataSpec:
             ``unihema data synthetic --out DIR`` and list ``DIR/manifest.jsonl`` under ``manifests``).
         transforms: fields of :class:`unihema.data.transforms.TransformConfig` (sizes, augmentation).
         splits: fields of :class:`unihema.data.splits.SplitConfig` for datasets without their own split.
-        leak_action: ``"drop"`` (default) or ``"move"`` training images that duplicate an evaluation image
-            of any dataset used by the run (see :func:`unihema.data.splits.resolve_cross_dataset_leaks`),
-            or ``"keep"`` to skip the check.
+        leak_action: what to do with images shared by samples of different splits, across the real
+            datasets of the run (see :mod:`unihema.data.leaks`): ``"align"`` (default) gives every copy of
+            such an image one split, the split a dataset published winning over one drawn by hash (a PBC
+            val/test image that WBCAtt publishes for training is trained on in both, a published val/test
+            image stays there, its training copies moving to it); ``"drop"`` removes training images that
+            duplicate an evaluation image; ``"move"`` gives them that evaluation split; ``"keep"`` skips
+            the check.
         reader_options: dataset name -> reader options merged over the catalog's (e.g.
             ``{wbcatt: {tasks: [cell_morphology, vqa, mlm]}}`` to also build WBCAtt's text samples).
         manifests: dataset name -> a manifest file (:mod:`unihema.data.manifest`, e.g. the
@@ -134,7 +139,7 @@ class DataSpec:
     synthetic: dict[str, Any] = field(default_factory=dict)
     transforms: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, Any] = field(default_factory=dict)
-    leak_action: str = "drop"
+    leak_action: str = "align"
     reader_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     manifests: dict[str, str] = field(default_factory=dict)
     folders: dict[str, str] = field(default_factory=dict)

@@ -65,8 +65,9 @@ class CorpusCache:
     Real datasets (the folders of ``data.folders`` and the catalog's) are read once, each through
     :func:`unihema.data.formats.plan_read` like ``unihema data check`` (the run's ``reader_options``, the
     folder's descriptor, a catalog entry's reader and options, else format detection), given splits
-    (:func:`unihema.data.splits.assign_splits`) and cleaned of training images that duplicate an evaluation
-    image of any real dataset the run uses (:func:`unihema.data.splits.resolve_cross_dataset_leaks`).
+    (:func:`unihema.data.splits.assign_splits`) and resolved for images shared by samples of different
+    splits across the real datasets the run uses (:func:`unihema.data.leaks.resolve_cross_dataset_leaks`,
+    ``data.leak_action``). :attr:`split_overrides` holds the hash-split samples whose split that changed.
     """
 
     def __init__(self, config: TrainConfig) -> None:
@@ -75,6 +76,15 @@ class CorpusCache:
         self._real: dict[str, list[Sample]] | None = None
         self._annotated: dict[str, tuple[str, ...]] = {}
         self._manifests: dict[str, dict[tuple[str, str], Sequence[Sample]]] = {}
+        self._split_overrides: dict[str, dict[str, str]] = {}
+
+    @property
+    def split_overrides(self) -> dict[str, dict[str, str]]:
+        """``{dataset: {sample_id: split}}``: the real datasets' hash-split samples that the leak resolution
+        gave another split (:meth:`unihema.data.leaks.LeakReport.split_overrides`; the datasets are read
+        first when they were not yet). Evaluation re-derives hash splits and applies these to match."""
+        self._load_real()
+        return self._split_overrides
 
     def real_dataset_names(self) -> list[str]:
         """The datasets the run's stages name that are read from a folder: those of ``data.folders`` and
@@ -171,7 +181,8 @@ class CorpusCache:
     def _load_real(self) -> dict[str, list[Sample]]:
         if self._real is not None:
             return self._real
-        from unihema.data.splits import SplitConfig, assign_splits, resolve_cross_dataset_leaks
+        from unihema.data.leaks import resolve_cross_dataset_leaks
+        from unihema.data.splits import SplitConfig, assign_splits
 
         root = datasets_root(self.config.data.root)
         split_config = SplitConfig(**self.config.data.splits)
@@ -183,6 +194,7 @@ class CorpusCache:
         if self.config.data.leak_action != "keep" and real:
             real, report = resolve_cross_dataset_leaks(real, action=self.config.data.leak_action)
             logger.info("cross-dataset duplicates: %s", report.summary())
+            self._split_overrides = report.split_overrides()
         self._real = real
         return real
 

@@ -84,10 +84,16 @@ def prepare_run_dir(
     return indices
 
 
-def training_record(config: TrainConfig, stage_indices: Sequence[int]) -> dict[str, Any]:
+def training_record(
+    config: TrainConfig,
+    stage_indices: Sequence[int],
+    split_overrides: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, Any]:
     """What the stages ``stage_indices`` (0-based) train on: ``datasets`` (name -> tasks), the stage names,
-    and the run's split settings (``splits``, the :class:`~unihema.data.splits.SplitConfig` fields) and
-    ``leak_action``."""
+    the run's split settings (``splits``, the :class:`~unihema.data.splits.SplitConfig` fields) and
+    ``leak_action``, and ``split_overrides`` (dataset -> {sample_id: split}: the hash-split samples the leak
+    resolution gave another split, :attr:`unihema.train.data.CorpusCache.split_overrides`), kept for the
+    datasets these stages use."""
     datasets: dict[str, list[str]] = {}
     for index in stage_indices:
         for task, weights in config.stages[index].tasks.items():
@@ -95,16 +101,28 @@ def training_record(config: TrainConfig, stage_indices: Sequence[int]) -> dict[s
                 tasks = datasets.setdefault(dataset, [])
                 if task.value not in tasks:
                     tasks.append(task.value)
+    overrides = {
+        name: dict(sorted(changed.items()))
+        for name, changed in sorted((split_overrides or {}).items())
+        if name in datasets and changed
+    }
     return {
         "format_version": 1, "datasets": datasets, "stages": [config.stages[i].name for i in stage_indices],
         "splits": dict(config.data.splits), "leak_action": config.data.leak_action,
+        "split_overrides": overrides,
     }  # fmt: skip
 
 
-def write_training_record(model_dir: Path, config: TrainConfig, stage_indices: Sequence[int]) -> Path:
+def write_training_record(
+    model_dir: Path,
+    config: TrainConfig,
+    stage_indices: Sequence[int],
+    split_overrides: Mapping[str, Mapping[str, str]] | None = None,
+) -> Path:
     """Write :func:`training_record` as ``TRAINING_RECORD`` into a saved model folder."""
     path = Path(model_dir) / TRAINING_RECORD
-    atomic_write_text(path, json.dumps(training_record(config, stage_indices), indent=2) + "\n")
+    record = training_record(config, stage_indices, split_overrides)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
 
 

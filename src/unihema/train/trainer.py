@@ -225,7 +225,9 @@ class Trainer:
             state = None
         if self.context.is_main:
             model.save_pretrained(self.run_dir / FINAL_MODEL_DIR)
-            write_training_record(self.run_dir / FINAL_MODEL_DIR, self.config, self.stage_indices)
+            write_training_record(
+                self.run_dir / FINAL_MODEL_DIR, self.config, self.stage_indices, self.corpus.split_overrides
+            )
             logger.info("training finished; final model in %s", self.run_dir / FINAL_MODEL_DIR)
         dist_utils.barrier()
         model.eval()
@@ -411,8 +413,9 @@ class Trainer:
             state = run.training_state(progress, rngs, self.context.world_size)
             path = save_checkpoint(self.run_dir, name, run.model, state, self.config.runtime.keep_last)
             write_training_record(
-                path / MODEL_DIR, self.config, [i for i in self.stage_indices if i <= run.index]
-            )
+                path / MODEL_DIR, self.config, [i for i in self.stage_indices if i <= run.index],
+                self.corpus.split_overrides,
+            )  # fmt: skip
             logger.info("checkpoint %s", path)
         dist_utils.barrier()
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean bench-convergence bench-bccd bench-predict bench-serve bench-speed bench-upstream
+.PHONY: demo test lint install clean bench-convergence bench-bccd bench-predict bench-serve bench-speed bench-upstream bench-real-data
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ bench-convergence: $(STAMP)
 
 bench-bccd: $(STAMP)
 	$(PY) benchmarks/bench_bccd.py --minutes 15 --write-doc docs/benchmarks.md
+
+# Unified against single-dataset training and the peers on the ten staged real datasets (about 90 minutes).
+bench-real-data: $(STAMP)
+	$(PY) benchmarks/bench_real_data.py --minutes 24 --write-doc docs/benchmarks.md
 
 bench-predict: $(STAMP)
 	$(PY) benchmarks/bench_predict.py --write-doc docs/benchmarks.md

@@ -247,3 +247,20 @@ def test_eval_reads_a_native_layout_through_its_descriptor_or_options(saved_mode
         assert main(args) == 0
     by_descriptor = json.loads(capsys.readouterr().out)
     assert list(by_option) == ["segmentation"] and by_option == by_descriptor
+
+
+def test_limit_spreads_the_scored_samples_over_a_class_folder_dataset(saved_model, monkeypatch, capsys):
+    # The reader lists crops class by class; the first five would all be basophils.
+    from unihema.data.vocab import CELL_CLASSES
+    from unihema.evaluate import suite
+
+    seen: list = []
+    monkeypatch.setattr(
+        suite, "evaluate_datasets", lambda model, datasets, *a, **k: seen.extend(datasets) or []
+    )
+    root = dataset_path("bccd_wbc_crops")
+    assert main(["eval", "--model", str(saved_model), "--data", str(root), "--limit", "5", "--json"]) == 0
+    (samples,) = seen[0].samples.values()
+    classes = {CELL_CLASSES[s.cell_class] for s in samples}
+    # Spread over the 351 crops (most of them neutrophils), five samples reach three classes.
+    assert len(samples) == 5 and classes == {"basophil", "eosinophil", "neutrophil"}, classes

@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--limit", type=positive_int, default=None,
-        help="evaluate at most this many samples per task (the probe: per split, spread over the dataset)",
+        help="evaluate at most this many samples per task (the probe: per split), evenly spread over the "
+        "dataset's samples",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument(
@@ -176,7 +177,8 @@ def _datasets(args: argparse.Namespace, preprocessor: Any, record: Any) -> list[
     for value in args.data or [SYNTHETIC_DATASET]:
         dataset, present = _load(*parse_data_spec(value), args, preprocessor, record, wanted)
         if args.limit is not None:
-            dataset.samples = {task: samples[: args.limit] for task, samples in dataset.samples.items()}
+            # Spread over the split: class-folder datasets list their samples class by class.
+            dataset.samples = {task: _spread(samples, args.limit) for task, samples in dataset.samples.items()}
             dataset.probe_samples = _probe_subset(dataset.probe_samples, args.limit)
         dataset.samples = {task: samples for task, samples in dataset.samples.items() if samples}
         for task in [t for t, samples in dataset.samples.items() if t.has_boxes and not _any_box(samples)]:

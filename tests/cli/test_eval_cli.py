@@ -8,6 +8,8 @@ import pytest
 from support.paths import dataset_path
 from support.testers import small_test_config
 from unihema.cli import main  # noqa: E402
+from unihema.data.catalog import get_dataset, staged_datasets
+from unihema.data.schema import Task
 from unihema.model.unihema import UniHema  # noqa: E402
 
 
@@ -264,3 +266,45 @@ def test_limit_spreads_the_scored_samples_over_a_class_folder_dataset(saved_mode
     classes = {CELL_CLASSES[s.cell_class] for s in samples}
     # Spread over the 351 crops (most of them neutrophils), five samples reach three classes.
     assert len(samples) == 5 and classes == {"basophil", "eosinophil", "neutrophil"}, classes
+
+
+def test_a_bare_catalog_name_reads_the_staged_dataset_as_training_does(
+    saved_model, monkeypatch, tmp_path, capsys
+):
+    from unihema.evaluate import suite
+
+    root = dataset_path("segmentation_wbc")
+    monkeypatch.setenv("UNIHEMA_DATASETS", str(root.parent))
+    monkeypatch.chdir(tmp_path)  # no folder of that name here
+    seen: list = []
+    monkeypatch.setattr(
+        suite, "evaluate_datasets", lambda model, datasets, *a, **k: seen.extend(datasets) or []
+    )
+    assert main(["eval", "--model", str(saved_model), "--data", "segmentation_wbc", "--json"]) == 0
+    # The catalog's options add the cell crops the layout alone does not show.
+    assert seen[0].name == "segmentation_wbc" and seen[0].source == str(root)
+    assert set(seen[0].samples) == {Task.SEGMENTATION, Task.CLASSIFICATION}
+    seen.clear()
+    assert main(["eval", "--model", str(saved_model), "--data", f"segmentation_wbc={root}", "--json"]) == 0
+    assert set(seen[0].samples) == {Task.SEGMENTATION}
+    # A name that is neither a folder nor a staged dataset, and a staged name whose folder is absent.
+    assert main(["eval", "--model", str(saved_model), "--data", "no_such_set"]) == 2
+    assert "no_such_set: dataset folder not found" in capsys.readouterr().err
+    monkeypatch.setenv("UNIHEMA_DATASETS", str(tmp_path / "empty"))
+    assert main(["eval", "--model", str(saved_model), "--data", "segmentation_wbc"]) == 2
+    assert "set $UNIHEMA_DATASETS" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", sorted(entry.name for entry in staged_datasets()))
+def test_eval_scores_every_task_of_every_staged_dataset(saved_model, name, monkeypatch, capsys):
+    root = dataset_path(name)
+    monkeypatch.setenv("UNIHEMA_DATASETS", str(root.parent))
+    entry = get_dataset(name)
+    args = ["eval", "--model", str(saved_model), "--data", name, "--limit", "2", "--json", "--no-progress"]
+    assert main([*args, "--batch-size", "2"]) == 0, capsys.readouterr().err
+    rows = json.loads(capsys.readouterr().out)
+    # Read by its bare name, every task the catalog lists for the dataset is there and scored.
+    assert set(rows) == {task.value for task in entry.tasks}
+    assert all(0.0 <= row["value"] <= 100.0 for row in rows.values()), rows

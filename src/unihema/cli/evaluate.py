@@ -4,9 +4,15 @@ Examples::
 
     unihema eval --model runs/demo/final                          # the built-in corpus recorded in the model
     unihema eval --model runs/demo/final --data ../shared/datasets/bccd --json
+    unihema eval --model runs/paper/final --data segmentation_wbc --data pbc   # staged catalog datasets
     unihema eval --model runs/paper/final --data synthetic --data bccd=../shared/datasets/bccd \\
         --data pbc=../shared/datasets/pbc --task detection --task classification --task probe \\
         --out reports/paper
+
+A bare catalog NAME (``unihema data list``) that is not a folder here reads the staged dataset as training
+reads it: with the catalog's reader and options (segmentation_wbc's cell classes, bccd_nucleus_masks'
+images in the bccd folder), unless its ``unihema.yaml``, ``--format`` or ``--option`` choose otherwise.
+A NAME=PATH folder is read with the reader its layout shows, as ``unihema data check`` reads it.
 
 ``--out DIR`` writes a Table 1 / Table 2 style report (``report.md``, ``report.csv``, ``report.json`` and
 ``plots/``, see :mod:`unihema.evaluate.tables`); datasets the model folder's training record does not list
@@ -49,9 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, type=Path, help="folder written by save_pretrained")
     parser.add_argument(
         "--data", action="append", metavar="NAME=PATH",
-        help=f"a dataset: NAME=PATH (a folder in a native format), a PATH (named after its folder) or "
-        f"{SYNTHETIC_DATASET!r} (the built-in corpus the model folder records); repeat for several "
-        f"(default: {SYNTHETIC_DATASET})",
+        help=f"a dataset: NAME=PATH (a folder in a native format), a PATH (named after its folder), the "
+        f"NAME of a staged catalog dataset (read from $UNIHEMA_DATASETS or ../shared/datasets as training "
+        f"reads it) or {SYNTHETIC_DATASET!r} (the built-in corpus the model folder records); repeat for "
+        f"several (default: {SYNTHETIC_DATASET})",
     )  # fmt: skip
     parser.add_argument("--format", help="dataset format of the folders (detected per folder when omitted)")
     parser.add_argument(
@@ -131,12 +138,13 @@ def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: A
         return EvalDataset(name, grouped, crops, seen, "built-in synthetic corpus", [], trained), list(SPLITS)
     from unihema.data.formats import parse_option_pairs, read_dataset
 
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: dataset folder not found")
+    root, default_format, default_options = _folder_of(name, path)
     # The folder's unihema.yaml (if any) gives its format and reader options; --option overrides them.
     # Samples are named after NAME, as training names them, so both hash the same splits.
-    result = read_dataset(root, args.format, parse_option_pairs(args.option or []), dataset=name)
+    result = read_dataset(
+        root, args.format, parse_option_pairs(args.option or []), dataset=name,
+        default_format=default_format, default_options=default_options,
+    )  # fmt: skip
     samples = result.samples
     if seen:
         samples = _training_splits(samples, name, record)
@@ -149,6 +157,33 @@ def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: A
     crops = [s for s in samples if s.task is Task.CLASSIFICATION] if probe else []
     skipped = [{"sample": item.path, "reason": item.reason} for item in result.skipped]
     return EvalDataset(name, grouped, crops, seen, str(root), skipped, trained), present
+
+
+def _folder_of(name: str, path: str) -> tuple[Path, str | None, dict[str, Any] | None]:
+    """The folder of a ``--data`` value and the reader and options to fall back on. A bare name that is no
+    folder but a staged catalog dataset reads that dataset under the datasets root as training reads it
+    (the catalog's reader and options, unless the folder's ``unihema.yaml``, ``--format`` or ``--option``
+    say otherwise); any other value is a folder, read with the reader its layout shows."""
+    root = Path(path)
+    if root.is_dir():
+        return root, None, None
+    if path == name:
+        from unihema.data.catalog import get_dataset
+        from unihema.train.data import DATASETS_ENV, datasets_root
+
+        try:
+            entry = get_dataset(name)
+        except KeyError:
+            entry = None
+        if entry is not None and entry.kind == "staged" and entry.reader is not None:
+            folder = datasets_root(None) / entry.name
+            if folder.is_dir():
+                return folder, entry.reader, dict(entry.options)
+            raise FileNotFoundError(
+                f"{name}: not a folder here, and the staged dataset of that name is not under {folder.parent} "
+                f"(set ${DATASETS_ENV} to the folder of the staged datasets, or pass NAME=PATH)"
+            )
+    raise FileNotFoundError(f"{root}: dataset folder not found")
 
 
 def _training_splits(samples: list[Any], name: str, record: dict[str, Any]) -> list[Any]:
@@ -178,7 +213,9 @@ def _datasets(args: argparse.Namespace, preprocessor: Any, record: Any) -> list[
         dataset, present = _load(*parse_data_spec(value), args, preprocessor, record, wanted)
         if args.limit is not None:
             # Spread over the split: class-folder datasets list their samples class by class.
-            dataset.samples = {task: _spread(samples, args.limit) for task, samples in dataset.samples.items()}
+            dataset.samples = {
+                task: _spread(samples, args.limit) for task, samples in dataset.samples.items()
+            }
             dataset.probe_samples = _probe_subset(dataset.probe_samples, args.limit)
         dataset.samples = {task: samples for task, samples in dataset.samples.items() if samples}
         for task in [t for t, samples in dataset.samples.items() if t.has_boxes and not _any_box(samples)]:

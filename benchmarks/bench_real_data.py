@@ -33,7 +33,6 @@ import platform
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -42,7 +41,10 @@ from typing import Any
 import torch
 from benchmark_doc import command_line, write_section
 
+from unihema.atomic import atomic_write_text
+
 SECTION_TITLE = "## Real data: unified against single-dataset training"
+PEER_ROWS = "peers.jsonl"
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 # The tasks each dataset is trained and scored on (WBCAtt: its cell attributes and the text generated from
@@ -139,13 +141,26 @@ def single_stages(dataset: str, minutes: float) -> list[dict]:
     return [stage(f"{dataset}_alone", tasks, ["all"], "round_robin", minutes)]
 
 
-def train_unihema(root: Path, stages: list[dict], run_dir: Path, seed: int) -> tuple[Path, float]:
+def train_unihema(
+    root: Path, stages: list[dict], run_dir: Path, seed: int, reuse: bool
+) -> tuple[Path, float]:
+    """The final model folder of a run and the seconds its stages trained; ``reuse`` takes a finished run
+    of ``run_dir`` (``--eval-only``) instead of training."""
     from unihema.train.stages import TrainConfig
     from unihema.train.trainer import run_training
 
-    started = time.perf_counter()
-    run_training(TrainConfig.from_dict(train_config(root, stages, seed)), run_dir, progress=False)
-    return run_dir / "final", time.perf_counter() - started
+    if reuse:
+        if not (run_dir / "final").is_dir():
+            raise FileNotFoundError(f"{run_dir}: no finished run to evaluate again (train it first)")
+    else:
+        run_training(TrainConfig.from_dict(train_config(root, stages, seed)), run_dir, progress=False)
+    return run_dir / "final", trained_seconds(run_dir)
+
+
+def trained_seconds(run_dir: Path) -> float:
+    """Seconds in the stages' training loops, from the ``stage ... finished after N steps in S s`` log lines."""
+    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    return sum(float(v) for v in re.findall(r"finished after \d+ steps in ([\d.]+) s", log))
 
 
 def evaluate(model_dir: Path, root: Path, dataset: str, tasks: list[str], limit: int) -> dict[str, Any]:
@@ -200,6 +215,18 @@ def read_split(root: Path, dataset: str) -> tuple[list, list]:
     return [s for s in samples if s.split == "train"], [s for s in samples if s.split == "test"]
 
 
+def earlier_peer_rows(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The peers' rows (``{"dataset", "task", "model", ...}`` JSON lines) of an earlier run's output."""
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith('{"dataset"'):
+            row = json.loads(line)
+            rows[(row["dataset"], row["task"])] = row
+    if not rows:
+        raise ValueError(f'{path}: no peer rows (JSON lines starting with {{"dataset"}})')
+    return rows
+
+
 def peer_jobs(root: Path, minutes: float, seed: int) -> Iterator[tuple[str, str, Callable[[], dict]]]:
     """``(dataset, task, train)`` per peer; ``train()`` reads its data, trains and scores it."""
     import real_data_peers as peers
@@ -248,6 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", default=["unified", "single", "peers"],
                         choices=["unified", "single", "peers"])  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/bench_real_data"))
+    parser.add_argument(
+        "--eval-only", action="store_true",
+        help="score the UniHema runs already in --out again instead of training them (after a change to "
+        "the evaluation); with --peers-from, the peers' rows of an earlier run too",
+    )  # fmt: skip
+    parser.add_argument(
+        "--peers-from", type=Path, default=None,
+        help="take the peers' rows from the JSON lines an earlier run printed (or its peers.jsonl) instead "
+        "of training them again",
+    )  # fmt: skip
     parser.add_argument("--write-doc", type=Path, default=None)
     args = parser.parse_args(argv)
     missing = [name for name in DATASET_TASKS if not (args.root / name).is_dir()]
@@ -278,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if "unified" in args.arms:
         try:
             model_dir, timings["unified"] = train_unihema(
-                args.root, unified_stages(args.minutes), args.out / "unified", args.seed
+                args.root, unified_stages(args.minutes), args.out / "unified", args.seed, args.eval_only
             )
             leaks = leak_summary(args.out / "unified")
             for dataset in DATASET_TASKS:
@@ -290,23 +327,36 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in DATASET_TASKS:
             try:
                 model_dir, seconds = train_unihema(
-                    args.root, single_stages(dataset, share), args.out / f"single_{dataset}", args.seed
+                    args.root,
+                    single_stages(dataset, share),
+                    args.out / f"single_{dataset}",
+                    args.seed,
+                    args.eval_only,
                 )
                 timings["single"] += seconds
                 score("single", model_dir, dataset)
             except Exception as error:  # noqa: BLE001 - reported in the table
                 failed("single", [(dataset, t) for t in DATASET_TASKS[dataset]], error)
     if "peers" in args.arms:
+        earlier = earlier_peer_rows(args.peers_from) if args.peers_from else {}
+        peer_lines: list[str] = []
         for dataset, task, train_peer in peer_jobs(args.root, share, args.seed):
             try:
-                row = train_peer()
+                row = (
+                    earlier[(dataset, task)]
+                    if earlier
+                    else {"dataset": dataset, "task": task, **train_peer()}
+                )
             except Exception as error:  # noqa: BLE001 - reported in the table
                 failed("peer", [(dataset, task)], error)
                 continue
-            print(json.dumps({"dataset": dataset, "task": task, **row}, default=float), flush=True)
+            peer_lines.append(json.dumps(row, default=float))
+            print(peer_lines[-1], flush=True)
             metric = {"detection": "mAP50", "segmentation": "Dice", "classification": "f1_weighted"}[task]
             text = f"{row[metric]:.3f}" + (f" (acc {row['accuracy']:.3f})" if "accuracy" in row else "")
             scores.setdefault((dataset, task), {})["peer"] = f"{text}, {row['model']}"
+
+        atomic_write_text(args.out / PEER_ROWS, "".join(line + "\n" for line in peer_lines))
 
     header = "| dataset | task | unified (one model) | single-dataset models | peer (same budget as one single model) | paper (Uni-Hema, pretrained, GPU) |"
     lines = [header, "|---|---|---|---|---|---|"]
@@ -325,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             f"unified `tiny` model over six stages ({', '.join(f'{n} {s:.0%}' for n, _, _, _, s in UNIFIED_STAGES)}), "
             f"ten single-dataset models of {share:g} minutes each, each peer {share:g} minutes. Random "
             f"initialisation everywhere, seed {args.seed}, at most {args.limit} test samples per dataset and task "
-            f"(the test split; datasets without one are split by `SplitConfig()`). Wall-clock of the UniHema "
-            f"training runs (reading and hashing the data included): {wall}. torch {torch.__version__}, "
+            f"(the test split; datasets without one are split by `SplitConfig()`). Time in the UniHema "
+            f"models' training loops (from their logs): {wall}. torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, {platform.machine()} CPU, no other job running.\n\n"
             f"Cells: the task's headline metric of `unihema eval` (mAP@0.5, Dice, weighted F1, mean attribute F1, "
             f"BLEU-4; accuracy and exact match in brackets); the probe is DinoBloom's protocol on the frozen SCFE "

@@ -28,7 +28,14 @@ def test_eval_on_a_class_folder_dataset(saved_model, capsys):
     assert list(rows) == ["classification"]
     entry = rows["classification"]
     assert entry["metric"] == "F1_weighted" and 0.0 <= entry["value"] <= 1.0
-    assert set(entry["details"]) == {"f1_weighted", "f1_macro", "accuracy"}
+    assert set(entry["details"]) == {
+        "f1_weighted",
+        "f1_macro",
+        "accuracy",
+        "accuracy_any_class",
+        "classes_scored",
+    }
+    assert entry["details"]["classes_scored"] == 5  # the white-cell classes of its folders
 
 
 def test_eval_errors_name_the_problem(saved_model, tmp_path, capsys):
@@ -308,3 +315,20 @@ def test_eval_scores_every_task_of_every_staged_dataset(saved_model, name, monke
     # Read by its bare name, every task the catalog lists for the dataset is there and scored.
     assert set(rows) == {task.value for task in entry.tasks}
     assert all(0.0 <= row["value"] <= 100.0 for row in rows.values()), rows
+
+
+def test_classification_is_scored_among_the_classes_the_dataset_labels(saved_model, monkeypatch):
+    from unihema.data.vocab import CELL_CLASSES
+    from unihema.evaluate import suite
+
+    seen: list = []
+    monkeypatch.setattr(
+        suite, "evaluate_datasets", lambda model, datasets, *a, **k: seen.extend(datasets) or []
+    )
+    args = ["eval", "--model", str(saved_model), "--data", str(dataset_path("bccd_wbc_crops")), "--json"]
+    assert main(args) == 0
+    assert {CELL_CLASSES[c] for c in seen[0].cell_classes} == {
+        "basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"
+    }  # fmt: skip
+    assert main([*args, "--any-class"]) == 0
+    assert seen[1].cell_classes == ()

@@ -78,6 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument(
+        "--any-class", action="store_true",
+        help="single-cell classification predicts any class of the vocabulary, not only the classes the "
+        "dataset labels (its crops of every split)",
+    )  # fmt: skip
+    parser.add_argument(
         "--max-detections", type=positive_int, default=None, help="detections kept per image (3000)"
     )
     parser.add_argument(
@@ -134,8 +139,10 @@ def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: A
         corpus = SyntheticCorpus(recorded or SyntheticConfig())
         _check_split(args.split, name, list(SPLITS))
         grouped = {task: corpus.samples(task, args.split) for task in Task if task.value in wanted}
-        crops = corpus.samples(Task.CLASSIFICATION, None) if probe else []
-        return EvalDataset(name, grouped, crops, seen, "built-in synthetic corpus", [], trained), list(SPLITS)
+        every_crop = corpus.samples(Task.CLASSIFICATION, None)
+        dataset = EvalDataset(name, grouped, every_crop if probe else [], seen, "built-in synthetic corpus", [],
+                              trained, _cell_classes(every_crop, args))  # fmt: skip
+        return dataset, list(SPLITS)
     from unihema.data.formats import parse_option_pairs, read_dataset
 
     root, default_format, default_options = _folder_of(name, path)
@@ -154,9 +161,19 @@ def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: A
     for sample in samples:
         if sample.split in (args.split, None) and sample.task.value in wanted:
             grouped.setdefault(sample.task, []).append(sample)
-    crops = [s for s in samples if s.task is Task.CLASSIFICATION] if probe else []
+    every_crop = [s for s in samples if s.task is Task.CLASSIFICATION]
     skipped = [{"sample": item.path, "reason": item.reason} for item in result.skipped]
-    return EvalDataset(name, grouped, crops, seen, str(root), skipped, trained), present
+    dataset = EvalDataset(name, grouped, every_crop if probe else [], seen, str(root), skipped, trained,
+                          _cell_classes(every_crop, args))  # fmt: skip
+    return dataset, present
+
+
+def _cell_classes(crops: Any, args: argparse.Namespace) -> tuple[int, ...]:
+    """The classes a dataset's crops of every split carry, which classification predicts among (none with
+    ``--any-class``)."""
+    if args.any_class:
+        return ()
+    return tuple(sorted({int(s.cell_class) for s in crops if s.cell_class is not None}))
 
 
 def _folder_of(name: str, path: str) -> tuple[Path, str | None, dict[str, Any] | None]:
@@ -251,6 +268,7 @@ def _command(args: argparse.Namespace) -> str:
     parts += [f"--data {value}" for value in args.data or []]
     parts += [f"--task {task}" for task in args.task or []]
     parts += [f"--split {args.split}"] + ([f"--limit {args.limit}"] if args.limit is not None else [])
+    parts += ["--any-class"] if args.any_class else []
     return " ".join(parts + ([f"--out {args.out}"] if args.out else []))
 
 

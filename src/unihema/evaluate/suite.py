@@ -10,6 +10,7 @@ dataset under one progress bar and returns a :class:`DatasetResult` per dataset;
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,9 @@ class EvalDataset:
         source: where the samples come from (a folder, or the built-in corpus).
         read_skipped: ``{"sample": path, "reason": ...}`` per file the reader could not load.
         trained_tasks: the tasks the model was trained on with this dataset (from the record).
+        cell_classes: the cell classes the dataset labels (indices into ``CELL_CLASSES``, from its
+            samples of every split): classification predicts among these (``EvalConfig.cell_classes``);
+            empty: any class.
     """
 
     name: str
@@ -48,6 +52,7 @@ class EvalDataset:
     source: str = ""
     read_skipped: list[dict[str, str]] = field(default_factory=list)
     trained_tasks: list[str] = field(default_factory=list)
+    cell_classes: tuple[int, ...] = ()
 
 
 @dataclass
@@ -128,11 +133,14 @@ def evaluate_datasets(
     with tqdm(total=steps, unit="sample", disable=not progress, file=sys.stderr) as bar:
         for dataset in datasets:
             result = DatasetResult(dataset)
+            dataset_config = dataclasses.replace(
+                config, cell_classes=dataset.cell_classes or config.cell_classes
+            )
             for task, samples in dataset.samples.items():
                 bar.set_description(f"{dataset.name} {task.value}")
                 try:
                     # Through the module, so that the command's tests can stand in for the evaluation.
-                    scored = evaluator.evaluate(model, {task: samples}, config, progress=bar.update)
+                    scored = evaluator.evaluate(model, {task: samples}, dataset_config, progress=bar.update)
                 except ValueError as error:  # one task that cannot be scored does not cost the others
                     result.failed[task.value] = str(error)
                     continue

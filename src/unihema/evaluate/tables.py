@@ -64,7 +64,8 @@ _TEXT = (
 SECTIONS: dict[str, tuple[str, tuple[Column, ...]]] = {
     "detection": ("Cell detection", (Column("mAP50", "value"), Column("mAP50:95", "mAP50_95"))),
     "classification": (
-        "Single-cell classification (classification head): F1 = weighted F1",
+        "Single-cell classification (classification head, predicting among the dataset's classes unless "
+        "--any-class): F1 = weighted F1",
         (Column("F1 (weighted)", "value"), Column("F1 (macro)", "f1_macro"), Column("accuracy", "accuracy")),
     ),
     PROBE_TASK: (

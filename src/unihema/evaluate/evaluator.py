@@ -394,18 +394,19 @@ def _collect_segmentation(model, samples, task, run: EvalRun) -> TaskResult:
 
 def _collect_classification(model, samples, task, run: EvalRun) -> TaskResult:
     predicted, expected, anywhere = [], [], []
-    allowed = None
-    if run.config.cell_classes:
-        allowed = torch.zeros(len(CELL_CLASSES), dtype=torch.bool)
-        allowed[list(run.config.cell_classes)] = True
+    allowed: torch.Tensor | None = None
+    num_classes = len(CELL_CLASSES)
     for batch in run.batches(samples, task):
         images, image_mask = run.inputs(batch)
         outputs = model(images, task, prompts=batch["prompts"], image_mask=image_mask)
         if task is Task.CLASSIFICATION:
             logits = outputs.class_logits
+            num_classes = logits.shape[-1]
             anywhere.extend(logits.argmax(-1).cpu().tolist())
-            if allowed is not None:
-                logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+            if run.config.cell_classes:
+                allowed = torch.zeros(num_classes, dtype=torch.bool, device=logits.device)
+                allowed[list(run.config.cell_classes)] = True
+                logits = logits.masked_fill(~allowed, float("-inf"))
             predicted.extend(logits.argmax(-1).cpu().tolist())
             expected.extend(int(t["cell_class"]) for t in batch["targets"])
         else:
@@ -414,7 +415,7 @@ def _collect_classification(model, samples, task, run: EvalRun) -> TaskResult:
     if task is Task.CLASSIFICATION:
         scores = metrics.classification_scores(predicted, expected)
         scores["accuracy_any_class"] = metrics.classification_scores(anywhere, expected)["accuracy"]
-        scores["classes_scored"] = int(allowed.sum()) if allowed is not None else len(CELL_CLASSES)
+        scores["classes_scored"] = int(allowed.sum()) if allowed is not None else num_classes
         labels, matrix = metrics.confusion(predicted, expected)
         artifacts = {"confusion_matrix": {"labels": [_name(v, CELL_CLASSES) for v in labels],
                                           "matrix": matrix.tolist()}}  # fmt: skip

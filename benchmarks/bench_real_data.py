@@ -291,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"skipped: datasets not staged under {args.root}: {', '.join(missing)}", file=sys.stderr)
         return 0
-    torch.set_num_threads(torch.get_num_threads())
     args.out.mkdir(parents=True, exist_ok=True)
     share = args.minutes / len(DATASET_TASKS)
     scores: dict[tuple[str, str], dict[str, str]] = {}

@@ -64,6 +64,29 @@ class TrainingClock:
         return timed
 
 
+def fit_with_adamw(
+    model: nn.Module,
+    train: Sequence[Sample],
+    task: Task,
+    transforms: TransformConfig,
+    loss_of: Any,
+    minutes: float,
+    seed: int,
+    batch: int,
+) -> tuple[int, TrainingClock]:
+    """Train ``model`` on ``loss_of(batch, step)`` with AdamW at 1e-3 (weight decay 1e-4, no clipping) for
+    ``minutes`` of training time on ``train``'s ``task`` batches; returns the steps and the clock, the model
+    left in eval mode."""
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    clock = TrainingClock(optimizer)
+    loader = build_loader(train, task, batch_size=batch, train=True, transform_config=transforms, seed=seed)
+    model.train()
+    steps = train_for(minutes, loader, clock.timing(loss_of), optimizer, params, NO_CLIPPING)
+    model.eval()
+    return steps, clock
+
+
 def require_batches(train: Sequence[Sample], batch: int) -> None:
     """Training loaders drop the last incomplete batch: fewer samples than one batch would train forever."""
     if len(train) < batch:
@@ -304,21 +327,13 @@ def train_unet(
     if size % 2**UNet.levels:
         raise ValueError(f"size {size}: the U-Net needs a multiple of {2**UNet.levels}")
     model = UNet(width)
-    params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
-    clock = TrainingClock(optimizer)
     transforms = TransformConfig(seg_size=size)
-    loader = build_loader(
-        train, Task.SEGMENTATION, batch_size=batch, train=True, transform_config=transforms, seed=seed
-    )
 
     def loss_of(batch: dict[str, Any], step: int) -> torch.Tensor:
         logits = model(batch["images"])[:, 0]
         return bce_dice_loss(logits, *segmentation_targets(batch, logits.shape))
 
-    model.train()
-    steps = train_for(minutes, loader, clock.timing(loss_of), optimizer, params, NO_CLIPPING)
-    model.eval()
+    steps, clock = fit_with_adamw(model, train, Task.SEGMENTATION, transforms, loss_of, minutes, seed, batch)
     threshold = EvalConfig.mask_threshold
     predicted, expected = [], []
     eval_loader = build_loader(
@@ -364,21 +379,15 @@ def train_resnet18(
     classes = sorted({int(s.cell_class) for s in train if s.cell_class is not None})
     output_of = {cell_class: output for output, cell_class in enumerate(classes)}
     model = resnet18(weights=None, num_classes=len(classes))
-    params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
-    clock = TrainingClock(optimizer)
     transforms = TransformConfig(cls_size=size)
-    loader = build_loader(
-        train, Task.CLASSIFICATION, batch_size=batch, train=True, transform_config=transforms, seed=seed
-    )
 
     def loss_of(batch: dict[str, Any], step: int) -> torch.Tensor:
         outputs = torch.tensor([output_of[int(t["cell_class"])] for t in batch["targets"]])
         return F.cross_entropy(model(batch["images"]), outputs)
 
-    model.train()
-    steps = train_for(minutes, loader, clock.timing(loss_of), optimizer, params, NO_CLIPPING)
-    model.eval()
+    steps, clock = fit_with_adamw(
+        model, train, Task.CLASSIFICATION, transforms, loss_of, minutes, seed, batch
+    )
     predicted, expected = [], []
     eval_loader = build_loader(
         test, Task.CLASSIFICATION, batch_size=batch, train=False, transform_config=transforms

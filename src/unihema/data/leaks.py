@@ -29,12 +29,18 @@ from typing import Literal
 
 from unihema.atomic import atomic_write_text
 from unihema.data.schema import FileImage, Sample
-from unihema.data.splits import EVAL_SPLITS, SPLITS, HashCache, content_hashes, is_hash_split
+from unihema.data.splits import (
+    EVAL_SPLITS,
+    HASH_SPLIT_ORIGIN,
+    SPLITS,
+    HashCache,
+    content_hashes,
+    is_hash_split,
+)
 
 RESOLVE_ACTIONS: tuple[str, ...] = ("align", "drop", "move")
 _STRICTNESS = {"train": 0, "val": 1, "test": 2}  # the strictest split of an image's copies wins
-_SOURCE_ORIGIN = "source"
-_HASH_ORIGIN = "hash"
+_SOURCE_ORIGIN = "source"  # SplitChange.split_origin of a published split
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,7 @@ class LeakReport:
         re-derives hash splits and must apply these to see the splits training used."""
         overrides: dict[str, dict[str, str]] = {}
         for change in self.changes:
-            if change.split_origin == _HASH_ORIGIN:
+            if change.split_origin == HASH_SPLIT_ORIGIN:
                 overrides.setdefault(change.dataset, {})[change.sample_id] = change.new_split
         return overrides
 
@@ -234,7 +240,7 @@ def resolve_cross_dataset_leaks(
             SplitChange(
                 digest=digest, dataset=sample.dataset, sample_id=sample.sample_id, path=_path_of(sample),
                 old_split=str(sample.split), new_split=split,
-                split_origin=_HASH_ORIGIN if is_hash_split(sample) else _SOURCE_ORIGIN,
+                split_origin=HASH_SPLIT_ORIGIN if is_hash_split(sample) else _SOURCE_ORIGIN,
                 other_dataset=other.dataset, other_sample_id=other.sample_id, other_path=_path_of(other),
             )
         )  # fmt: skip

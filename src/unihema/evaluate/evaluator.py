@@ -404,8 +404,9 @@ def _collect_classification(model, samples, task, run: EvalRun) -> TaskResult:
             num_classes = logits.shape[-1]
             anywhere.extend(logits.argmax(-1).cpu().tolist())
             if run.config.cell_classes:
-                allowed = torch.zeros(num_classes, dtype=torch.bool, device=logits.device)
-                allowed[list(run.config.cell_classes)] = True
+                if allowed is None:  # once: the size of the model's logits
+                    allowed = torch.zeros(num_classes, dtype=torch.bool, device=logits.device)
+                    allowed[list(run.config.cell_classes)] = True
                 logits = logits.masked_fill(~allowed, float("-inf"))
             predicted.extend(logits.argmax(-1).cpu().tolist())
             expected.extend(int(t["cell_class"]) for t in batch["targets"])

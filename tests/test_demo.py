@@ -18,9 +18,11 @@ from PIL import Image
 
 from unihema.cli import main
 from unihema.data.schema import Task
-from unihema.demo import default_config_path, improved_everywhere, run_demo
+from unihema.data.synthetic import SyntheticCorpus
+from unihema.demo import SCORED_IN_FULL, default_config_path, improved_everywhere, run_demo
 from unihema.evaluate.evaluator import TaskResult
 from unihema.evaluate.report import build_report
+from unihema.train.stages import TrainConfig
 
 # The reports print metrics with four decimals.
 PRINTED_TOLERANCE = 5.1e-5
@@ -88,9 +90,14 @@ def test_demo_evaluates_every_task_before_and_after_training(demo_run: dict[str,
     for entry in report["tasks"].values():
         assert math.isfinite(entry["before"]) and math.isfinite(entry["after"])
         assert isinstance(entry["improved"], bool)
-    # --eval-per-task caps the held-out samples of each task.
-    assert set(report["meta"]["eval_samples_per_task"]) == set(report["tasks"])
-    assert all(0 < n <= 3 for n in report["meta"]["eval_samples_per_task"].values())
+    # --eval-per-task caps the held-out samples of each field and text task; every crop is scored.
+    counts = report["meta"]["eval_samples_per_task"]
+    assert set(counts) == set(report["tasks"])
+    corpus = SyntheticCorpus(TrainConfig.load(demo_run["config"]).data.synthetic_config())
+    for task, count in counts.items():
+        held_out = len(corpus.samples(Task(task), "test"))
+        assert count == (held_out if Task(task) in SCORED_IN_FULL else min(3, held_out)) > 0
+    assert counts["classification"] > 3
     assert report["meta"]["config"] == str(demo_run["config"])
 
 

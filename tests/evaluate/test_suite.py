@@ -8,7 +8,7 @@ from torch import nn
 from unihema.data.schema import ArrayImage, ArrayMask, FileImage, Sample, Task
 from unihema.data.transforms import TransformConfig
 from unihema.evaluate.evaluator import EvalConfig
-from unihema.evaluate.suite import EvalDataset, evaluate_datasets, total_steps
+from unihema.evaluate.suite import EvalDataset, evaluate_datasets, spread_subset, total_steps
 from unihema.model.outputs import SegmentationOutput
 
 CONFIG = EvalConfig(batch_size=2, transforms=TransformConfig(seg_size=16), pad_to_multiple=1)
@@ -39,3 +39,13 @@ def test_a_dataset_whose_samples_all_fail_is_reported_and_the_others_scored(tmp_
     assert results[1].results == {} and "bad/s0" in results[1].failed["segmentation"]
     with pytest.raises(ValueError, match="nothing could be evaluated; bad segmentation: none of the 1"):
         evaluate_datasets(Foreground(), [bad], CONFIG, progress=False)
+
+
+def test_spread_subset_spans_the_whole_list() -> None:
+    # Ten classes listed one after another, 20 samples each: a prefix of 10 would hold one class.
+    listed = [(cls, i) for cls in range(10) for i in range(20)]
+    picked = spread_subset(listed, 10)
+    assert len(picked) == 10 and picked[0] == listed[0] and picked[-1] == listed[-1]
+    assert {cls for cls, _ in picked} == set(range(10))
+    assert spread_subset(listed, None) == listed and spread_subset(listed[:5], 10) == listed[:5]
+    assert len(set(spread_subset(listed[:3], 2))) == 2

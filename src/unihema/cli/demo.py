@@ -17,7 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config", type=Path, default=None, help="training curriculum YAML (default: the packaged demo.yaml)"
     )
     parser.add_argument(
-        "--eval-per-task", type=int, default=64, help="held-out samples evaluated per task (default: 64)"
+        "--eval-per-task",
+        type=int,
+        default=64,
+        help="held-out samples evaluated per field and text task, spread over the test split (default: 64); "
+        "every single-cell crop is scored",
     )
     parser.add_argument(
         "--seed", type=int, default=None, help="random seed of the run (default: the curriculum's `seed`)"

@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from unihema.cli._options import parse_data_spec, positive_int, resolve_device
 from unihema.data.schema import SPLITS, SYNTHETIC_DATASET, Task
 
@@ -100,18 +98,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _spread(samples: list[Any], limit: int | None) -> list[Any]:
-    """At most ``limit`` samples, evenly spaced over the list (class folders are read class by class)."""
-    if limit is None or len(samples) <= limit:
-        return samples
-    return [samples[i] for i in np.unique(np.linspace(0, len(samples) - 1, limit).round().astype(int))]
-
-
 def _probe_subset(samples: list[Any], limit: int | None) -> list[Any]:
+    from unihema.evaluate.suite import spread_subset
+
     by_split: dict[Any, list[Any]] = {}
     for sample in samples:
         by_split.setdefault(sample.split, []).append(sample)
-    return [s for split_samples in by_split.values() for s in _spread(split_samples, limit)]
+    return [s for split_samples in by_split.values() for s in spread_subset(split_samples, limit)]
 
 
 def _check_split(split: str, name: str, present: list[str]) -> None:
@@ -223,6 +216,8 @@ def _training_splits(samples: list[Any], name: str, record: dict[str, Any]) -> l
 
 
 def _datasets(args: argparse.Namespace, preprocessor: Any, record: Any) -> list[Any]:
+    from unihema.evaluate.suite import spread_subset
+
     wanted = set(args.task) if args.task else set(TASK_CHOICES)
     datasets = []
     unscored: list[str] = []
@@ -231,7 +226,7 @@ def _datasets(args: argparse.Namespace, preprocessor: Any, record: Any) -> list[
         if args.limit is not None:
             # Spread over the split: class-folder datasets list their samples class by class.
             dataset.samples = {
-                task: _spread(samples, args.limit) for task, samples in dataset.samples.items()
+                task: spread_subset(samples, args.limit) for task, samples in dataset.samples.items()
             }
             dataset.probe_samples = _probe_subset(dataset.probe_samples, args.limit)
         dataset.samples = {task: samples for task, samples in dataset.samples.items() if samples}

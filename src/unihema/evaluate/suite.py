@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from unihema.data.schema import Sample, Task
@@ -69,6 +70,14 @@ class DatasetResult:
     dataset: EvalDataset
     results: dict[str, TaskResult] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+
+
+def spread_subset(samples: Sequence[Any], limit: int | None) -> list[Any]:
+    """At most ``limit`` samples, evenly spaced over ``samples`` (class folders are read class by class and
+    synthetic crops field by field, so a prefix would hold few classes or fields)."""
+    if limit is None or len(samples) <= limit:
+        return list(samples)
+    return [samples[i] for i in np.unique(np.linspace(0, len(samples) - 1, limit).round().astype(int))]
 
 
 def read_training_record(model_dir: str | Path) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ from unihema.data.transforms import TransformConfig
 from unihema.data.vocab import DETECTION_CLASSES, detection_index
 from unihema.evaluate import metrics
 from unihema.evaluate.evaluator import EvalConfig
+from unihema.evaluate.suite import labelled_cell_classes
 
 DECIMALS = 4
 NO_CLIPPING = float("inf")
@@ -376,7 +377,7 @@ def train_resnet18(
 
     torch.manual_seed(seed)
     require_batches(train, batch)
-    classes = sorted({int(s.cell_class) for s in train if s.cell_class is not None})
+    classes = labelled_cell_classes(train)
     output_of = {cell_class: output for output, cell_class in enumerate(classes)}
     model = resnet18(weights=None, num_classes=len(classes))
     transforms = TransformConfig(cls_size=size)

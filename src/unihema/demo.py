@@ -26,7 +26,7 @@ from unihema.atomic import atomic_save_image
 from unihema.data.schema import SPLITS, Sample, Task
 from unihema.evaluate.evaluator import EvalConfig, TaskResult, evaluate
 from unihema.evaluate.report import build_report, write_report
-from unihema.evaluate.suite import spread_subset
+from unihema.evaluate.suite import labelled_cell_classes, spread_subset
 
 DEMO_CONFIG = "demo.yaml"
 DETECTION_OVERLAY_SCORE = 0.3
@@ -52,12 +52,6 @@ def _eval_samples(corpus: Any, per_task: int | None) -> dict[Task, list[Sample]]
         for task, samples in grouped.items()
     }
     return {task: samples for task, samples in grouped.items() if samples}
-
-
-def _corpus_cell_classes(corpus: Any) -> tuple[int, ...]:
-    """The classes the corpus's crops carry, which classification predicts among (as ``unihema eval``)."""
-    crops = [s for split in SPLITS for s in corpus.samples(Task.CLASSIFICATION, split)]
-    return tuple(sorted({int(s.cell_class) for s in crops if s.cell_class is not None}))
 
 
 def _overlays(
@@ -111,7 +105,10 @@ def run_demo(
     eval_config = EvalConfig(
         transforms=config.data.transform_config(),
         pad_to_multiple=config.data.pad_to_multiple,
-        cell_classes=_corpus_cell_classes(corpus) or None,
+        # Classification predicts among the classes the corpus's crops carry, as `unihema eval` does.
+        cell_classes=labelled_cell_classes(
+            [s for split in SPLITS for s in corpus.samples(Task.CLASSIFICATION, split)]
+        ),
     )
     eval_samples = _eval_samples(corpus, eval_per_task)
 

@@ -164,9 +164,9 @@ def _load(name: str, path: str | None, args: argparse.Namespace, preprocessor: A
 def _cell_classes(crops: Any, args: argparse.Namespace) -> tuple[int, ...]:
     """The classes a dataset's crops of every split carry, which classification predicts among (none with
     ``--any-class``)."""
-    if args.any_class:
-        return ()
-    return tuple(sorted({int(s.cell_class) for s in crops if s.cell_class is not None}))
+    from unihema.evaluate.suite import labelled_cell_classes
+
+    return () if args.any_class else labelled_cell_classes(crops)
 
 
 def _folder_of(name: str, path: str) -> tuple[Path, str | None, dict[str, Any] | None]:

@@ -80,6 +80,12 @@ def spread_subset(samples: Sequence[Any], limit: int | None) -> list[Any]:
     return [samples[i] for i in np.unique(np.linspace(0, len(samples) - 1, limit).round().astype(int))]
 
 
+def labelled_cell_classes(crops: Sequence[Sample]) -> tuple[int, ...]:
+    """The cell classes (indices into ``CELL_CLASSES``) that ``crops`` carry, sorted: the classes
+    single-cell classification of a dataset predicts among."""
+    return tuple(sorted({int(s.cell_class) for s in crops if s.cell_class is not None}))
+
+
 def read_training_record(model_dir: str | Path) -> dict[str, Any] | None:
     """The model folder's training record (``{"datasets": {name: [tasks]}, "splits": {...}, ...}``), or
     ``None`` when the folder has none."""

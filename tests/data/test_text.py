@@ -13,10 +13,11 @@ from unihema.data.text import (
     decode_attributes,
     describe,
     masked_sentences,
+    question_topic,
     text_samples,
     vqa_pairs,
 )
-from unihema.data.vocab import CELL_ATTRIBUTE_NAMES, CELL_ATTRIBUTES, cell_index
+from unihema.data.vocab import CELL_ATTRIBUTE_NAMES, CELL_ATTRIBUTES, CELL_CLASSES, cell_index
 
 NEUTROPHIL = {
     "cell_size": "big",
@@ -209,3 +210,26 @@ def test_sentence_answers_state_the_attribute_value():
     assert nucleus == [f"The nucleus is {NEUTROPHIL['nucleus_shape']}."]
     with pytest.raises(ValueError, match="answer_style"):
         vqa_pairs("Neutrophil", NEUTROPHIL, answer_style="poem")
+
+
+@pytest.mark.parametrize("name,values", CELL_ATTRIBUTES)
+def test_every_attribute_question_is_traced_to_its_attribute(name, values) -> None:
+    forms = set()
+    for value in values:
+        for seed in range(6):  # wording variants and yes/no distractors
+            for question, _ in vqa_pairs("", {name: value}, seed=seed):
+                topic, form = question_topic(question)
+                assert topic == name, question
+                forms.add(form)
+    # Binary attributes are asked only as open yes/no questions; the others are verified too.
+    assert forms == ({"open"} if set(values) <= {"yes", "no"} else {"open", "verify"})
+
+
+def test_class_questions_and_unknown_wording() -> None:
+    for cls in CELL_CLASSES:
+        topics = {question_topic(q) for seed in range(6) for q, _ in vqa_pairs(cls, {}, seed=seed)}
+        assert topics == {("class", "open"), ("class", "verify")}
+    assert question_topic("Q:  What colour are  the granules?") == ("granule_colour", "open")
+    assert question_topic("Q: Are the granules red?") == ("granule_colour", "verify")
+    assert question_topic("Q: Are the granules coarse?") == ("granule_type", "verify")
+    assert question_topic("Q: Is this cell reactive?") is None

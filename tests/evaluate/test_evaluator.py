@@ -230,6 +230,41 @@ def test_shuffled_images_separate_a_model_that_looks_from_one_that_does_not():
     assert blind["answers_changed_by_shuffling"] == 0.0
 
 
+class ClassLookingModel(LookingModel):
+    """Looks at its image for "what type of cell" questions only; answers every other one the same."""
+
+    def generate_text(self, images, prompts, image_mask=None, num_beams=1, max_new_tokens=32):
+        looked = super().generate_text(images, prompts, image_mask, num_beams, max_new_tokens)
+        return [a if "type of cell" in p else "same" for a, p in zip(looked, prompts)]
+
+
+def test_exact_match_by_question_shows_which_questions_look_at_the_cell():
+    levels = [20, 60, 100, 140, 180, 220]
+    prompts = ["Q: What type of cell is this?", "Q: What is the size of the cell?", "Q: Is it odd?"]
+    samples = [
+        Sample(ArrayImage(np.full((32, 32, 3), v, np.uint8)), Task.VQA, "t", f"q{i}-{j}", prompt=p,
+               text_target="?")
+        for i, v in enumerate(levels) for j, p in enumerate(prompts)
+    ]  # fmt: skip
+    model = ClassLookingModel()
+    expected = model.generate_text(
+        torch.stack([evaluate_image(s) for s in samples]), [s.prompt for s in samples]
+    )
+    samples = [
+        Sample(s.image, s.task, s.dataset, s.sample_id, prompt=s.prompt, text_target=answer)
+        for s, answer in zip(samples, expected)
+    ]
+    rows = evaluate_task(model, samples, Task.VQA, SMALL).details["exact_match_by_question"]
+    by_topic = {(r["topic"], r["form"]): r for r in rows}
+    assert set(by_topic) == {("class", "open"), ("cell_size", "open"), ("other", "other")}
+    assert all(r["questions"] == len(levels) for r in rows)
+    # Shuffled, a class question mostly gets an image of another level (its own level is in 3 of 18).
+    assert by_topic["class", "open"]["exact_match"] == 1.0
+    assert by_topic["class", "open"]["exact_match_shuffled_images"] < 1.0
+    for key in (("cell_size", "open"), ("other", "other")):
+        assert by_topic[key]["exact_match"] == by_topic[key]["exact_match_shuffled_images"] == 1.0
+
+
 def evaluate_image(sample):
     """The normalised tensor the evaluation pipeline feeds the model for ``sample``."""
     from unihema.data.loader import build_loader

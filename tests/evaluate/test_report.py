@@ -6,7 +6,7 @@ from PIL import Image
 
 from unihema.data.schema import Task
 from unihema.evaluate.evaluator import TaskResult
-from unihema.evaluate.report import build_report, write_report
+from unihema.evaluate.report import build_report, markdown_report, write_report
 from unihema.inference.plotting import draw_detections, draw_mask
 
 
@@ -51,3 +51,19 @@ def test_small_fields_are_upscaled_so_boxes_stay_on_their_cells():
     assert (boxed[20 * 6, 15 * 6] != 255).any() and (boxed[30 * 6, 20 * 6] == 255).all()
     with pytest.raises(ValueError, match="mask shape"):
         draw_mask(image, np.zeros((3, 3), bool))
+
+
+def test_report_shows_the_shuffled_image_check_per_kind_of_question():
+    rows = [
+        {"topic": "class", "form": "open", "questions": 8, "exact_match": 0.75,
+         "exact_match_shuffled_images": 0.25},
+        {"topic": "cell_size", "form": "verify", "questions": 4, "exact_match": 0.5,
+         "exact_match_shuffled_images": 0.5},
+    ]  # fmt: skip
+    details = {"exact_match": 0.667, "exact_match_shuffled_images": 0.333,
+               "answers_changed_by_shuffling": 0.4, "exact_match_by_question": rows}  # fmt: skip
+    after = {Task.VQA: TaskResult(Task.VQA, "BLEU4", 30.0, details)}
+    text = markdown_report(build_report({}, after, {}))
+    assert "| each question with its own cell | 0.667 |" in text
+    assert "| class | open | 8 | 0.750 | 0.250 |" in text
+    assert "| cell_size | verify | 4 | 0.500 | 0.500 |" in text

@@ -293,6 +293,45 @@ def vqa_pairs(
     return pairs
 
 
+QUESTION_FORMS: tuple[str, ...] = ("open", "verify")
+"""``open``: the answer states the value ("What is the shape of the nucleus?"); ``verify``: a yes/no check
+of a named value ("Is the nucleus round?", "Is this a monocyte?")."""
+
+
+def _question_table() -> dict[str, tuple[str, str]]:
+    table: dict[str, tuple[str, str]] = {}
+    for question in _CLASS_QUESTIONS:
+        table[VQA_PREFIX + question] = ("class", "open")
+    for name in CELL_CLASSES:
+        table[f"{VQA_PREFIX}Is this {_article(name)} {name}?"] = ("class", "verify")
+    for name, text in _ATTRIBUTE_TEXT.items():
+        for question in text.questions:
+            table[VQA_PREFIX + question] = (name, "open")
+        if text.check is not None:
+            # Granule type and colour share a wording; their value sets (without "nil", never asked)
+            # tell them apart.
+            for value in _ATTRIBUTE_VALUES[name]:
+                question = VQA_PREFIX + text.check.format(value=value)
+                if value != NIL:
+                    assert question not in table, f"two topics share the question {question!r}"
+                    table[question] = (name, "verify")
+    return table
+
+
+_QUESTION_TOPICS = _question_table()
+
+
+def question_topic(prompt: str) -> tuple[str, str] | None:
+    """What a :func:`vqa_pairs` question asks about: ``("class" or an attribute name, form)``, the form
+    being one of :data:`QUESTION_FORMS`; ``None`` for a question the templates do not produce (a real
+    dataset's own wording).
+
+    >>> question_topic("Q: What colour are the granules?")
+    ('granule_colour', 'open')
+    """
+    return _QUESTION_TOPICS.get(" ".join(prompt.split()))
+
+
 # ------------------------------------------------------------------------------------- descriptions
 
 
@@ -523,10 +562,12 @@ def text_samples(
 
 __all__ = [
     "MLM_PREFIX",
+    "QUESTION_FORMS",
     "VQA_PREFIX",
     "decode_attributes",
     "describe",
     "masked_sentences",
+    "question_topic",
     "sentinel",
     "text_samples",
     "vqa_pairs",

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_convert
 
 from unihema.data.schema import Sample, Task
+from unihema.data.text import question_topic
 from unihema.data.vocab import CELL_ATTRIBUTES, CELL_CLASSES, DETECTION_CLASSES, FOV_ATTRIBUTES
 from unihema.evaluate import metrics
 from unihema.evaluate.metrics import exact_match
@@ -461,6 +462,33 @@ def shuffled_images(samples: Sequence[Sample], seed: int = 0) -> list[Sample]:
     return paired
 
 
+def exact_match_by_question(
+    prompts: Sequence[str], hypotheses: Sequence[str], shuffled: Sequence[str], references: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Exact match with each cell's own image and with shuffled images, per kind of question.
+
+    Questions are grouped by what they ask about (:func:`unihema.data.text.question_topic`: the cell
+    class or one attribute, open or yes/no); questions outside the templates form the group ``"other"``.
+    A group where the two rates are equal is answered from the question alone.
+
+    Returns:
+        one row per group, sorted by topic then form: ``{"topic", "form", "questions", "exact_match",
+        "exact_match_shuffled_images"}``.
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(question_topic(prompt) or ("other", "other"), []).append(index)
+    rows = []
+    for (topic, form), indices in sorted(groups.items()):
+        refs = [references[i] for i in indices]
+        rows.append({
+            "topic": topic, "form": form, "questions": len(indices),
+            "exact_match": exact_match([hypotheses[i] for i in indices], refs),
+            "exact_match_shuffled_images": exact_match([shuffled[i] for i in indices], refs),
+        })  # fmt: skip
+    return rows
+
+
 def _collect_text(model, samples, task, run: EvalRun) -> TaskResult:
     hypotheses, references, prompts, answered = _generate(model, samples, task, run)
     examples = [
@@ -481,6 +509,9 @@ def _collect_text(model, samples, task, run: EvalRun) -> TaskResult:
             run.progress(len(samples) - len(answered))  # the skipped samples have no second pass
         details["exact_match_shuffled_images"] = exact_match(shuffled, references)
         details["answers_changed_by_shuffling"] = 1.0 - exact_match(shuffled, hypotheses)
+        details["exact_match_by_question"] = exact_match_by_question(
+            prompts, hypotheses, shuffled, references
+        )
     return TaskResult(task, TASK_METRICS[task], metrics.bleu4(hypotheses, references), details, examples)
 
 
@@ -518,5 +549,6 @@ __all__ = [
     "evaluate_task",
     "evaluation_steps",
     "exact_match",
+    "exact_match_by_question",
     "shuffled_images",
 ]

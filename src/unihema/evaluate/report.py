@@ -92,6 +92,20 @@ def markdown_report(report: Mapping[str, Any], overlays: Sequence[str] = ()) -> 
             f"{gap:.3f} accuracy; a model that ignored the image would lose nothing. (BLEU-4 rewards the shared "
             "template words, so it hides this.)",
         ]
+        rows = vqa.get("exact_match_by_question", [])
+        if rows:
+            lines += [
+                "",
+                "Exact match by kind of question (equal rates: answered from the question alone):",
+                "",
+                "| asks about | form | questions | own cell | shuffled |",
+                "|---|---|---:|---:|---:|",
+            ]
+            lines += [
+                f"| {r['topic']} | {r['form']} | {r['questions']} | {r['exact_match']:.3f} "
+                f"| {r['exact_match_shuffled_images']:.3f} |"
+                for r in rows
+            ]
     if any(task in report["tasks"] for task in ("vqa", "mlm")):
         lines += ["", BLEU_ONE_WORD_NOTE]
     for task in ("vqa", "mlm"):

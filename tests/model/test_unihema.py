@@ -328,3 +328,29 @@ def test_paper_preset_builds_on_meta_and_mirrors_upstream_shapes() -> None:
             assert "x".join(map(str, ours.shape)) == shape, key
             compared += 1
     assert compared == 284  # every T5 tensor of the authors' model
+
+
+def test_text_memory_text_reads_the_t5_encoder_alone(model: UniHema, images: torch.Tensor) -> None:
+    model.eval()
+    other = torch.randn_like(images)
+    with torch.no_grad():
+        plain = model(images, "vqa", PROMPTS, targets=text_targets(), text_memory="text")
+        swapped = model(other, "vqa", PROMPTS, targets=text_targets(), text_memory="text")
+        fused = model(images, "vqa", PROMPTS, targets=text_targets())
+        fused_other = model(other, "vqa", PROMPTS, targets=text_targets())
+        ids, mask = model.text.tokenize(PROMPTS, images.device)
+        encoder_states = model.text.encode(ids, mask)
+    # The decoder's memory is E_E^T itself, and the image does not matter; through CMF it does.
+    torch.testing.assert_close(plain.memory, encoder_states)
+    torch.testing.assert_close(plain.logits, swapped.logits)
+    assert not torch.allclose(fused.logits, fused_other.logits)
+    assert model.generate_text(images, PROMPTS, max_new_tokens=4, text_memory="text") == model.generate_text(
+        other, PROMPTS, max_new_tokens=4, text_memory="text"
+    )
+
+
+def test_text_memory_is_checked(model: UniHema, images: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="text_memory must be one of"):
+        model(images, "vqa", PROMPTS, text_memory="image")
+    with pytest.raises(ValueError, match="vqa and mlm only, not 'detection'"):
+        model(images, "detection", PROMPTS, text_memory="text")

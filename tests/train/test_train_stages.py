@@ -40,6 +40,11 @@ def _with_stage(**changes: object) -> dict:
         ({"scheduler": {"name": "poly"}}, r"stages\[0\] \(s1\)\.scheduler\.name must be one of"),
         ({"warmup": 3}, r"stages\[0\] \(s1\)\.warmup is not a known field"),
         ({"tasks": {"detection": {"bccd": 1.0}, "fov_morphology": {"bccd": 2.0}}}, r"weight differs"),
+        ({"text_memory": "image"}, r"stages\[0\] \(s1\)\.text_memory must be one of \('fused', 'text'\)"),
+        (
+            {"text_memory": "text"},
+            r"text_memory applies to vqa and mlm only; the stage also has \['classification'\]",
+        ),
     ],
 )
 def test_invalid_stage_fields_are_named(changes: dict, message: str, tmp_path: Path) -> None:

@@ -81,6 +81,31 @@ def test_frozen_groups_do_not_change_during_a_stage(tmp_path: Path) -> None:
     assert _changed(after_first["QGMF"], after_second["QGMF"])
 
 
+def test_a_text_memory_text_stage_trains_t5_without_reading_images(tmp_path: Path) -> None:
+    from unihema.train.trainer import build_model
+
+    stage = {"name": "t5_text", "tasks": {"vqa": ["synthetic"], "mlm": ["synthetic"]}, "k_per_task": 2,
+             "train": ["E_T", "D_T"], "max_steps": 2, "lr": 1e-2, "text_memory": "text"}  # fmt: skip
+    config = TrainConfig.from_dict(mini_config([stage]))
+    torch.manual_seed(config.seed)
+    initial = _snapshot(build_model(config))
+    calls = []
+    original = UniHema._features
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(UniHema, "_features", counted)
+        model = run_training(config, tmp_path / "run", progress=False)
+    after = _snapshot(model)
+    assert not calls, "a text_memory: text stage ran the backbone"
+    assert _changed(initial["E_T"], after["E_T"]) and _changed(initial["D_T"], after["D_T"])
+    for group in ("B", "E_I", "CMF", "SCFE"):
+        assert not _changed(initial[group], after[group]), group
+
+
 def test_backbone_layers_frozen_by_the_model_stay_frozen(tmp_path: Path) -> None:
     from unihema.train.trainer import build_model
 

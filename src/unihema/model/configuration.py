@@ -78,6 +78,11 @@ __all__ = [
 MODULE_GROUPS: tuple[str, ...] = ("B", "E_I", "D_I", "E_T", "D_T", "CMF", "TGVR", "SCFE", "QGMF", "heads")
 """The paper's module groups (:meth:`unihema.model.unihema.UniHema.module_groups`): what a stage trains or freezes."""
 
+TEXT_MEMORIES: tuple[str, ...] = ("fused", "text")
+"""What the T5 decoder reads for VQA and masked sentences: ``"fused"``, CMF's image-and-text states E_W^T
+(the model); ``"text"``, the T5 encoder's states E_E^T alone, the image unread (plain text-to-text T5, to
+pre-train the text encoder and decoder on text before CMF is trained, as the paper's step 2 does)."""
+
 
 def __getattr__(name: str) -> Any:
     # PRESETS lives with the preset registry, which builds on this module, so it is re-exported lazily.

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from unihema.data.schema import Task
 from unihema.inference.preprocessor import PreprocessorConfig
 from unihema.model.backbone import InputProjection, ResNetBackbone, SinePositionEncoding
-from unihema.model.configuration import UniHemaConfig
+from unihema.model.configuration import TEXT_MEMORIES, UniHemaConfig
 from unihema.model.heads import AttributeHead, CellClassHead
 from unihema.model.hemaformer import (
     CrossModalFusion,
@@ -117,6 +117,7 @@ class UniHema(nn.Module):
         prompts: list[str] | None = None,
         targets: list[dict] | None = None,
         image_mask: Tensor | None = None,
+        text_memory: str = "fused",
     ) -> ModelOutput:
         """Run one task-homogeneous batch (the caller groups mixed tasks; see ``docs/architecture.md``).
 
@@ -128,6 +129,7 @@ class UniHema(nn.Module):
             targets: per-sample target dicts (training only): detection boxes/labels build the denoising
                 queries (in training mode); vqa/mlm ``text`` answers are used for teacher forcing.
             image_mask: (B, H, W) bool, True on padding; ``None`` = no padding.
+            text_memory: vqa / mlm only, one of :data:`TEXT_MEMORIES`; ``"text"`` skips the image path.
 
         Returns (fields and shapes in :mod:`unihema.model.outputs`):
             detection / fov_morphology: :class:`DetectionOutput` (FoV morphology fills ``attributes``;
@@ -136,12 +138,13 @@ class UniHema(nn.Module):
             (``logits`` and ``labels`` with targets).
         """
         task = Task(task)
+        _check_text_memory(text_memory, task)
         image_mask = self._image_mask(images, image_mask)
         if task in (Task.CLASSIFICATION, Task.CELL_MORPHOLOGY):
             return self._forward_cell(images, image_mask)
         prompts = self._check_prompts(task, prompts, images.shape[0])
         if task.is_text:
-            return self._forward_text(images, image_mask, prompts, targets)
+            return self._forward_text(images, image_mask, prompts, targets, text_memory)
         vision = self._forward_vision(images, image_mask, prompts, {task}, targets)
         return vision.segmentation if task == Task.SEGMENTATION else vision.detection
 
@@ -269,10 +272,23 @@ class UniHema(nn.Module):
         )  # fmt: skip
         return fused, text_mask
 
+    def _text_memory(
+        self, images: Tensor, image_mask: Tensor, prompts: list[str], text_memory: str
+    ) -> tuple[Tensor, Tensor]:
+        """The decoder's memory and its mask: E_W^T from CMF, or E_E^T alone (see :data:`TEXT_MEMORIES`)."""
+        if text_memory == "text":
+            return self._encode_text(prompts, images.device)
+        return self._fuse_text(images, image_mask, prompts)
+
     def _forward_text(
-        self, images: Tensor, image_mask: Tensor, prompts: list[str], targets: list[dict] | None
+        self,
+        images: Tensor,
+        image_mask: Tensor,
+        prompts: list[str],
+        targets: list[dict] | None,
+        text_memory: str = "fused",
     ) -> TextOutput:
-        fused, text_mask = self._fuse_text(images, image_mask, prompts)
+        fused, text_mask = self._text_memory(images, image_mask, prompts, text_memory)
         out = TextOutput(memory=fused, memory_mask=text_mask)
         if targets is not None:
             if len(targets) != len(prompts) or not all(isinstance(t.get("text"), str) for t in targets):
@@ -289,11 +305,16 @@ class UniHema(nn.Module):
         image_mask: Tensor | None = None,
         num_beams: int = 1,
         max_new_tokens: int = MAX_NEW_TOKENS,
+        text_memory: str = "fused",
     ) -> list[str]:
         """Answer ``prompts`` about ``images`` by greedy (``num_beams=1``) or beam search. The T5 decoder
-        reads the fused image-and-text CMF states, so the image changes the answer."""
+        reads the fused image-and-text CMF states, so the image changes the answer (``text_memory="text"``:
+        the T5 encoder's states alone, the image unread; see :data:`TEXT_MEMORIES`)."""
+        _check_text_memory(text_memory, Task.VQA)
         prompts = self._check_prompts(Task.VQA, prompts, images.shape[0])
-        fused, text_mask = self._fuse_text(images, self._image_mask(images, image_mask), prompts)
+        fused, text_mask = self._text_memory(
+            images, self._image_mask(images, image_mask), prompts, text_memory
+        )
         return self.text.decode(self.text.generate(fused, text_mask, num_beams, max_new_tokens))
 
     def predict(
@@ -347,6 +368,13 @@ class UniHema(nn.Module):
         from unihema.model.persistence import load_pretrained
 
         return load_pretrained(cls, directory, map_location)
+
+
+def _check_text_memory(text_memory: str, task: Task) -> None:
+    if text_memory not in TEXT_MEMORIES:
+        raise ValueError(f"text_memory must be one of {TEXT_MEMORIES}, got {text_memory!r}")
+    if text_memory != "fused" and not task.is_text:
+        raise ValueError(f"text_memory={text_memory!r} applies to vqa and mlm only, not {task.value!r}")
 
 
 def _layer_outputs(

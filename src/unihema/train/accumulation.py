@@ -121,6 +121,7 @@ def accumulate_gradients(
     synchronise: bool = True,
     touch_outputs: bool = False,
     text_labels: TextLabels | None = None,
+    text_memory: str = "fused",
 ) -> dict[str, torch.Tensor]:
     """Forward and backward of one task batch in passes of at most ``micro_batch`` images; returns the
     batch's losses (``"loss"`` and every weighted term, detached), as one pass over the whole batch gives.
@@ -136,8 +137,11 @@ def accumulate_gradients(
         touch_outputs: tie every output into the loss (:func:`unihema.train.distributed.touch_outputs`).
         text_labels: the token labels of answers (``model.text.tokenize_targets``); looked up on the model
             by default.
+        text_memory: what the text decoder reads (the stage's ``text_memory``), passed to the model
+            when it is not the default ``"fused"``.
     """
     task: Task = batch["task"]
+    options = {} if text_memory == "fused" else {"text_memory": text_memory}
     passes = split_batch(batch, micro_batch)
     counts = None
     if len(passes) > 1:
@@ -152,7 +156,7 @@ def accumulate_gradients(
         with dist_utils.sync_context(model, synchronise and last):
             with autocast():
                 outputs = model(
-                    piece["images"], task, piece["prompts"], piece["targets"], piece["image_mask"]
+                    piece["images"], task, piece["prompts"], piece["targets"], piece["image_mask"], **options
                 )
             with dist_utils.whole_batch_counts(counts):
                 losses = criterion(outputs, piece["targets"], task, padded_size=padded_size)

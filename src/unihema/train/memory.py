@@ -149,9 +149,13 @@ def probe_batch(samples: Sequence[Sample], transforms: Any, pad_to_multiple: int
     return collate([item] * PROBE_IMAGES, pad_to_multiple)
 
 
-def activation_bytes(model: nn.Module, batch: dict[str, Any], autocast: AutocastFactory) -> int:
+def activation_bytes(
+    model: nn.Module, batch: dict[str, Any], autocast: AutocastFactory, text_memory: str = "fused"
+) -> int:
     """Bytes of the tensors autograd saves for the backward pass of the forward of ``batch`` (the
-    parameters are not counted, storages shared by several saved tensors once). Nothing is back-propagated."""
+    parameters are not counted, storages shared by several saved tensors once). Nothing is back-propagated.
+    ``text_memory`` is the stage's (see :class:`~unihema.train.stages.StageConfig`)."""
+    options = {} if text_memory == "fused" else {"text_memory": text_memory}
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: set[int] = set()
     total = 0
@@ -166,7 +170,9 @@ def activation_bytes(model: nn.Module, batch: dict[str, Any], autocast: Autocast
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast():
-        model(batch["images"], batch["task"], batch["prompts"], batch["targets"], batch["image_mask"])
+        model(
+            batch["images"], batch["task"], batch["prompts"], batch["targets"], batch["image_mask"], **options
+        )
     return total
 
 
@@ -188,7 +194,7 @@ def measure_footprints(
         for task, task_samples in samples.items():
             batch = probe_batch(task_samples, transforms, config.data.pad_to_multiple)
             batch = {**batch, **to_device({k: batch[k] for k in ("images", "image_mask", "targets")}, device)}
-            per_image = activation_bytes(model, batch, autocast) / PROBE_IMAGES
+            per_image = activation_bytes(model, batch, autocast, stage.text_memory) / PROBE_IMAGES
             height, width = (int(v) for v in batch["images"].shape[-2:])
             footprints[task] = TaskFootprint(
                 task, stage.k_of(task), height, width, math.ceil(per_image * ACTIVATION_OVERHEAD)

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from unihema.data.schema import SPLITS, Task
-from unihema.model.configuration import MODULE_GROUPS
+from unihema.model.configuration import MODULE_GROUPS, TEXT_MEMORIES
 from unihema.train.config_sections import (
     DEVICES,
     LEAK_ACTIONS,
@@ -97,6 +97,11 @@ class StageConfig:
         grad_clip: maximum global gradient norm (``null`` disables clipping).
         scheduler: learning-rate schedule (:class:`SchedulerConfig`).
         split: which split of each dataset the stage trains on.
+        text_memory: what the T5 decoder reads in the stage's VQA and masked-sentence batches
+            (:data:`unihema.model.configuration.TEXT_MEMORIES`): ``"fused"`` (default), CMF's fused
+            image-and-text states, as the model answers; ``"text"``, the T5 encoder's states alone, so the
+            image path is skipped (about a fifth of the cost of a ``tiny`` VQA step): plain text-to-text
+            pre-training of ``E_T`` and ``D_T``; every task of such a stage must be vqa or mlm.
     """
 
     name: str
@@ -115,6 +120,7 @@ class StageConfig:
     grad_clip: float | None = 0.1
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     split: str = "train"
+    text_memory: str = "fused"
 
     @property
     def trainable_groups(self) -> tuple[str, ...]:
@@ -207,6 +213,19 @@ class StageConfig:
         betas_ok = len(self.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in self.betas)
         _require(betas_ok, f"{where}.betas", "must be two numbers in [0, 1)", self.betas)
         _require(self.split in SPLITS, f"{where}.split", f"must be one of {SPLITS}", self.split)
+        _require(
+            self.text_memory in TEXT_MEMORIES,
+            f"{where}.text_memory",
+            f"must be one of {TEXT_MEMORIES}",
+            self.text_memory,
+        )
+        if self.text_memory != "fused":
+            vision = [t.value for t in self.tasks if not t.is_text]
+            _require(
+                not vision,
+                f"{where}.text_memory",
+                f"applies to vqa and mlm only; the stage also has {vision}",
+            )
         self.scheduler.validate(f"{where}.scheduler")
 
 

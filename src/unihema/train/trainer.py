@@ -342,7 +342,7 @@ class Trainer:
                 losses = accumulate_gradients(
                     run.ddp_model, self.criterion, self._on_device(run, task_batch), run.micro_batch[task],
                     autocast=autocast, synchronise=position == len(task_batches) - 1,
-                    touch_outputs=self.context.enabled,
+                    touch_outputs=self.context.enabled, text_memory=stage.text_memory,
                 )  # fmt: skip
             except UntrainedTaskError as error:
                 raise UntrainedTaskError(

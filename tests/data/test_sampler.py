@@ -50,6 +50,22 @@ def test_round_robin_batches_are_task_homogeneous_and_cover_each_sample_once():
     assert flat == list(range(sampler.total_size))
 
 
+def test_mixed_steps_end_where_the_smallest_task_runs_out():
+    k = {Task.DETECTION: 4, Task.SEGMENTATION: 3, Task.CLASSIFICATION: 5}
+    sampler = MultiTaskBatchSampler(_corpus(), k, seed=1)
+    tasks = [sampler.task_of(b[0]) for b in sampler]
+    mixed = sampler.mixed_steps()
+    # Segmentation's 4 batches end after 4 rounds of 3 tasks; from there it never comes back.
+    assert mixed == 12
+    assert set(tasks[:mixed]) == set(k) and Task.SEGMENTATION not in tasks[mixed:]
+    assert sampler.tail_tasks() == [Task.DETECTION, Task.CLASSIFICATION]
+    assert set(tasks[mixed:]) == set(sampler.tail_tasks())
+    weighted = MultiTaskBatchSampler(_corpus(), k, seed=1, mode="weighted")
+    assert weighted.mixed_steps() == len(weighted) and weighted.tail_tasks() == []
+    even = MultiTaskBatchSampler(_corpus(det=12, seg=12, cls=12), 3, seed=1)
+    assert even.mixed_steps() == len(even) and even.tail_tasks() == []
+
+
 def test_determinism_seed_and_epoch():
     corpus = _corpus()
     a = list(MultiTaskBatchSampler(corpus, 4, seed=7, mode="weighted"))

@@ -106,6 +106,24 @@ def test_a_text_memory_text_stage_trains_t5_without_reading_images(tmp_path: Pat
         assert not _changed(initial[group], after[group]), group
 
 
+def test_a_round_robin_stage_that_outlasts_a_task_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # VQA has about twice as many samples as masked sentences, so past the mixed steps VQA trains alone.
+    stage = {"name": "text", "tasks": {"vqa": ["synthetic"], "mlm": ["synthetic"]}, "k_per_task": 2,
+             "train": ["D_T"], "epochs": 1, "text_memory": "text"}  # fmt: skip
+    config = TrainConfig.from_dict(mini_config([stage]))
+    with caplog.at_level("WARNING", logger="unihema"):
+        run_training(config, tmp_path / "run", progress=False)
+    warned = [r.getMessage() for r in caplog.records if "round_robin" in r.getMessage()]
+    assert len(warned) == 1 and "then only vqa train" in warned[0]
+    caplog.clear()
+    weighted = TrainConfig.from_dict(mini_config([{**stage, "mode": "weighted"}]))
+    with caplog.at_level("WARNING", logger="unihema"):
+        run_training(weighted, tmp_path / "run2", progress=False)
+    assert not [r for r in caplog.records if "round_robin" in r.getMessage()]
+
+
 def test_backbone_layers_frozen_by_the_model_stay_frozen(tmp_path: Path) -> None:
     from unihema.train.trainer import build_model
 

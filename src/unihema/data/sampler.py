@@ -225,6 +225,21 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
             return rng.permutation(np.repeat(ids, counts))
         return rng.choice(ids, size=int(counts.sum()), replace=True, p=self.task_weights)
 
+    def mixed_steps(self) -> int:
+        """Steps of an epoch during which every task still has batches: in ``"round_robin"`` mode the
+        tasks alternate until the one with the fewest batches runs out, and the rest of the epoch trains
+        only the others; the whole epoch in the other modes."""
+        if self.mode != "round_robin":
+            return len(self)
+        return len(self.tasks) * min(self._num_batches(t) for t in self.tasks)
+
+    def tail_tasks(self) -> list[Task]:
+        """The tasks still training after :meth:`mixed_steps` (``[]`` when every task trains to the end)."""
+        if self.mode != "round_robin":
+            return []
+        fewest = min(self._num_batches(t) for t in self.tasks)
+        return [t for t in self.tasks if self._num_batches(t) > fewest]
+
     def __len__(self) -> int:
         if self.mode == "joint":
             counts = [self._num_batches(t) for t in self.tasks]

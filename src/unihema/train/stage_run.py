@@ -123,6 +123,16 @@ def prepare_stage(
         "stage %s: samples per task %s, %d steps per epoch, %d steps",
         stage.name, data.sizes, steps_per_epoch, total_steps,
     )  # fmt: skip
+    sampler = data.loader.batch_sampler
+    mixed = sampler.mixed_steps()
+    if min(total_steps, steps_per_epoch) > mixed:
+        left = [t.value for t in sampler.tail_tasks()]
+        logger.warning(
+            "stage %s: in round_robin mode the tasks alternate for the first %d steps of each %d-step epoch, "
+            "then only %s train (the other tasks' samples are used up) and the others can be forgotten; "
+            "this stage runs %d steps. `mode: weighted` mixes the tasks over the whole epoch",
+            stage.name, mixed, steps_per_epoch, ", ".join(left), total_steps,
+        )  # fmt: skip
     ddp_model = dist_utils.wrap_model(model, context)
     optimizer = build_optimizer(model, stage)
     scheduler = build_scheduler(optimizer, stage, total_steps, steps_per_epoch)

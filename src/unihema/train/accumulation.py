@@ -73,6 +73,15 @@ def split_batch(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
     ]
 
 
+def forward_batch(model: nn.Module, batch: dict[str, Any], text_memory: str = "fused") -> Any:
+    """The model's forward of one collated batch (or pass); the stage's ``text_memory`` is passed only
+    when it is not the default, so models without the option still run."""
+    options = {} if text_memory == "fused" else {"text_memory": text_memory}
+    return model(
+        batch["images"], batch["task"], batch["prompts"], batch["targets"], batch["image_mask"], **options
+    )
+
+
 def whole_batch_counts(
     task: Task, targets: Sequence[dict[str, Any]], text_labels: TextLabels, device: torch.device
 ) -> dict[tuple[int, ...], torch.Tensor]:
@@ -141,7 +150,6 @@ def accumulate_gradients(
             when it is not the default ``"fused"``.
     """
     task: Task = batch["task"]
-    options = {} if text_memory == "fused" else {"text_memory": text_memory}
     passes = split_batch(batch, micro_batch)
     counts = None
     if len(passes) > 1:
@@ -155,9 +163,7 @@ def accumulate_gradients(
         last = position == len(passes) - 1
         with dist_utils.sync_context(model, synchronise and last):
             with autocast():
-                outputs = model(
-                    piece["images"], task, piece["prompts"], piece["targets"], piece["image_mask"], **options
-                )
+                outputs = forward_batch(model, piece, text_memory)
             with dist_utils.whole_batch_counts(counts):
                 losses = criterion(outputs, piece["targets"], task, padded_size=padded_size)
             loss = losses["loss"] * share if share != 1.0 else losses["loss"]

@@ -39,7 +39,7 @@ from torch import nn
 
 from unihema.data.schema import Sample, Task
 from unihema.train import distributed as dist_utils
-from unihema.train.accumulation import AutocastFactory, autocast_factory
+from unihema.train.accumulation import AutocastFactory, autocast_factory, forward_batch
 from unihema.train.checkpoint import rng_state, set_rng_state
 from unihema.train.data import to_device
 from unihema.train.resources import Machine
@@ -155,7 +155,6 @@ def activation_bytes(
     """Bytes of the tensors autograd saves for the backward pass of the forward of ``batch`` (the
     parameters are not counted, storages shared by several saved tensors once). Nothing is back-propagated.
     ``text_memory`` is the stage's (see :class:`~unihema.train.stages.StageConfig`)."""
-    options = {} if text_memory == "fused" else {"text_memory": text_memory}
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: set[int] = set()
     total = 0
@@ -170,9 +169,7 @@ def activation_bytes(
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast():
-        model(
-            batch["images"], batch["task"], batch["prompts"], batch["targets"], batch["image_mask"], **options
-        )
+        forward_batch(model, batch, text_memory)
     return total
 
 

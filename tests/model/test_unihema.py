@@ -354,3 +354,32 @@ def test_text_memory_is_checked(model: UniHema, images: torch.Tensor) -> None:
         model(images, "vqa", PROMPTS, text_memory="image")
     with pytest.raises(ValueError, match="vqa and mlm only, not 'detection'"):
         model(images, "detection", PROMPTS, text_memory="text")
+
+
+def test_a_precomputed_image_memory_gives_the_answers_of_the_images(
+    model: UniHema, images: torch.Tensor
+) -> None:
+    model.eval()
+    other = torch.randn_like(images)
+    with torch.no_grad():
+        direct = model(images, "vqa", PROMPTS, targets=text_targets())
+        memory = model.image_memory(images)
+        cached = model(other, "vqa", PROMPTS, targets=text_targets(), image_memory=memory)
+        halves = [model(images[i : i + 1], "vqa", PROMPTS[i : i + 1], targets=text_targets()[i : i + 1],
+                        image_memory=memory[i : i + 1]) for i in range(len(PROMPTS))]  # fmt: skip
+    # The memory stands for the images it was computed from: the pixels passed beside it are not read.
+    torch.testing.assert_close(cached.logits, direct.logits)
+    for row, alone in enumerate(halves):  # one row of the memory answers for its own image
+        length = alone.logits.shape[1]
+        torch.testing.assert_close(alone.logits[0], direct.logits[row, :length], rtol=1e-4, atol=1e-4)
+    assert memory.tokens.shape[:2] == memory.padding.shape and len(memory) == images.shape[0]
+
+
+def test_image_memory_is_checked(model: UniHema, images: torch.Tensor) -> None:
+    memory = model.image_memory(images)
+    with pytest.raises(ValueError, match="applies to vqa and mlm with text_memory='fused', not 'detection'"):
+        model(images, "detection", PROMPTS, image_memory=memory)
+    with pytest.raises(ValueError, match="text_memory='text'"):
+        model(images, "vqa", PROMPTS, text_memory="text", image_memory=memory)
+    with pytest.raises(ValueError, match=f"image_memory holds 1 images, the batch {images.shape[0]}"):
+        model(images, "vqa", PROMPTS, image_memory=memory[:1])

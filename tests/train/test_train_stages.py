@@ -45,6 +45,16 @@ def _with_stage(**changes: object) -> dict:
             {"text_memory": "text"},
             r"text_memory applies to vqa and mlm only; the stage also has \['classification'\]",
         ),
+        ({"image_cache": "yes"}, r"stages\[0\] \(s1\)\.image_cache must be true or false"),
+        ({"image_cache": True}, r"image_cache applies to vqa and mlm stages only"),
+        (
+            {"image_cache": True, "tasks": {"vqa": ["synthetic"]}, "train": ["E_T", "SCFE"]},
+            r"image_cache needs the image path frozen, but the stage trains \['SCFE'\]",
+        ),
+        (
+            {"image_cache": True, "tasks": {"vqa": ["synthetic"]}, "train": ["D_T"], "text_memory": "text"},
+            r"image_cache caches the image path, which text_memory='text' does not run",
+        ),
     ],
 )
 def test_invalid_stage_fields_are_named(changes: dict, message: str, tmp_path: Path) -> None:

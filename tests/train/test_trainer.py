@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from support.training import mini_config
 from unihema.model.unihema import UniHema
 from unihema.train.accumulation import UntrainedTaskError
 from unihema.train.checkpoint import latest_checkpoint
+from unihema.train.image_cache import input_keys
 from unihema.train.losses import UniHemaCriterion
 from unihema.train.stages import TrainConfig
 from unihema.train.trainer import (
@@ -103,6 +105,38 @@ def test_a_text_memory_text_stage_trains_t5_without_reading_images(tmp_path: Pat
     assert not calls, "a text_memory: text stage ran the backbone"
     assert _changed(initial["E_T"], after["E_T"]) and _changed(initial["D_T"], after["D_T"])
     for group in ("B", "E_I", "CMF", "SCFE"):
+        assert not _changed(initial[group], after[group]), group
+
+
+def test_an_image_cache_stage_runs_the_image_path_once_per_distinct_crop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from unihema.train.trainer import build_model
+
+    stage = {"name": "cmf", "tasks": {"vqa": ["synthetic"], "mlm": ["synthetic"]}, "k_per_task": 2,
+             "train": ["CMF", "D_T"], "epochs": 2, "lr": 1e-2, "image_cache": True}  # fmt: skip
+    config = TrainConfig.from_dict(mini_config([stage]))
+    torch.manual_seed(config.seed)
+    initial = _snapshot(build_model(config))
+    seen: list[bytes] = []
+    original = UniHema._features
+
+    def counted(self, images, image_mask):
+        seen.extend(input_keys(images, image_mask))
+        return original(self, images, image_mask)
+
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("INFO", logger="unihema"):
+        patch.setattr(UniHema, "_features", counted)
+        model = run_training(config, tmp_path / "cached", progress=False)
+    after = _snapshot(model)
+    [line] = [r.getMessage() for r in caplog.records if "lookups served" in r.getMessage()]
+    cached, hits, lookups = map(int, re.search(r"of (\d+) inputs cached, (\d+) of (\d+)", line).groups())
+    # Each distinct input went through the image path once (besides the memory probe's batch); the
+    # second epoch is served from the cache, and questions about the same crop share one entry.
+    assert len(set(seen)) == cached and len(seen) * 4 < lookups
+    assert lookups == hits + cached and hits * 2 > lookups
+    assert _changed(initial["CMF"], after["CMF"]) and _changed(initial["D_T"], after["D_T"])
+    for group in ("B", "E_I", "SCFE", "E_T"):
         assert not _changed(initial[group], after[group]), group
 
 

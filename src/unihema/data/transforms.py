@@ -21,7 +21,7 @@ segmentation and single-cell tasks are resized to a fixed square (512), text tas
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -116,6 +116,13 @@ class TransformConfig:
             value = getattr(self, name)
             require(len(value) == 3, f"TransformConfig.{name}", "needs 3 channel values", value)
         require(all(s > 0 for s in self.std), "TransformConfig.std", "must be positive", self.std)
+
+    def without_augmentation(self) -> TransformConfig:
+        """The same sizes with no random flip or colour jitter (detection keeps its scale jitter), so a
+        text or single-cell input is the same tensor each time it is drawn."""
+        return replace(
+            self, hflip_prob=0.0, vflip_prob=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0
+        )
 
     def input_size(self, task: Task) -> int | None:
         """Fixed square side of ``task``'s inputs, or None for detection (variable size)."""

@@ -112,6 +112,33 @@ class CellOutput:
 
 
 @dataclass
+class ImageMemory:
+    """What CMF reads of a batch's images, before it meets the text (:meth:`UniHema.image_memory`).
+
+    It depends on the images and the frozen-or-not image path only, so a training stage that freezes that
+    path can compute it once per input and reuse it (:class:`unihema.train.image_cache.ImageMemoryCache`).
+
+    Attributes:
+        tokens: (B, S, C) the projected backbone levels flattened and concatenated (C the image width;
+            with ``cell_feature_fusion: token`` the cell feature is the last token).
+        padding: (B, S) bool, True on padded positions.
+        cell: (B, M) the SCFE cell feature E_Z when ``cell_feature_fusion`` is set, else ``None``.
+    """
+
+    tokens: Tensor
+    padding: Tensor
+    cell: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def __getitem__(self, rows: slice) -> ImageMemory:
+        """The memory of a slice of the batch's images (micro-batches slice batches this way)."""
+        cell = None if self.cell is None else self.cell[rows]
+        return ImageMemory(self.tokens[rows], self.padding[rows], cell)
+
+
+@dataclass
 class TextOutput:
     """VQA and masked sentences.
 

@@ -29,6 +29,7 @@ from unihema.model.outputs import (
     CellOutput,
     DenoisingOutput,
     DetectionOutput,
+    ImageMemory,
     ModelOutput,
     SegmentationOutput,
     TextOutput,
@@ -118,6 +119,7 @@ class UniHema(nn.Module):
         targets: list[dict] | None = None,
         image_mask: Tensor | None = None,
         text_memory: str = "fused",
+        image_memory: ImageMemory | None = None,
     ) -> ModelOutput:
         """Run one task-homogeneous batch (the caller groups mixed tasks; see ``docs/architecture.md``).
 
@@ -130,6 +132,9 @@ class UniHema(nn.Module):
                 queries (in training mode); vqa/mlm ``text`` answers are used for teacher forcing.
             image_mask: (B, H, W) bool, True on padding; ``None`` = no padding.
             text_memory: vqa / mlm only, one of :data:`TEXT_MEMORIES`; ``"text"`` skips the image path.
+            image_memory: vqa / mlm with the fused memory only: :meth:`image_memory` of these ``images``,
+                computed earlier (a stage whose image path is frozen caches it); the image path is then
+                not run again.
 
         Returns (fields and shapes in :mod:`unihema.model.outputs`):
             detection / fov_morphology: :class:`DetectionOutput` (FoV morphology fills ``attributes``;
@@ -139,12 +144,14 @@ class UniHema(nn.Module):
         """
         task = Task(task)
         _check_text_memory(text_memory, task)
+        if image_memory is not None:
+            _check_image_memory(image_memory, task, text_memory, images.shape[0])
         image_mask = self._image_mask(images, image_mask)
         if task in (Task.CLASSIFICATION, Task.CELL_MORPHOLOGY):
             return self._forward_cell(images, image_mask)
         prompts = self._check_prompts(task, prompts, images.shape[0])
         if task.is_text:
-            return self._forward_text(images, image_mask, prompts, targets, text_memory)
+            return self._forward_text(images, image_mask, prompts, targets, text_memory, image_memory)
         vision = self._forward_vision(images, image_mask, prompts, {task}, targets)
         return vision.segmentation if task == Task.SEGMENTATION else vision.detection
 
@@ -250,8 +257,10 @@ class UniHema(nn.Module):
             )  # fmt: skip
         return result
 
-    def _fuse_text(self, images: Tensor, image_mask: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """B -> input projection -> E_B^I; E_T(prompts); CMF -> (E_W^T (B, Lp, N), text mask (B, Lp))."""
+    def image_memory(self, images: Tensor, image_mask: Tensor | None = None) -> ImageMemory:
+        """What CMF reads of ``images`` (B -> input projection, and the SCFE cell feature E_Z when
+        ``cell_feature_fusion`` is set), before it meets the text; see :class:`ImageMemory`."""
+        image_mask = self._image_mask(images, image_mask)
         backbone, projected, masks = self._features(images, image_mask)
         tokens = torch.cat([p.flatten(2).transpose(1, 2) for p in projected], dim=1)
         padding = torch.cat([m.flatten(1) for m in masks], dim=1)
@@ -264,21 +273,34 @@ class UniHema(nn.Module):
         if fusion == "token":
             tokens = torch.cat((tokens, cell[:, None]), dim=1)
             padding = torch.cat((padding, padding.new_zeros(padding.shape[0], 1)), dim=1)
+        return ImageMemory(tokens, padding, cell)
+
+    def _fuse_text(
+        self, images: Tensor, image_mask: Tensor, prompts: list[str], image_memory: ImageMemory | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """image memory (:meth:`image_memory`); E_T(prompts); CMF -> (E_W^T (B, Lp, N), text mask (B, Lp))."""
+        memory = image_memory if image_memory is not None else self.image_memory(images, image_mask)
         text_states, text_mask = self._encode_text(prompts, images.device)
         use_masks = self.config.hemaformer.text_padding_masks
+        add_cell = self.config.hemaformer.cell_feature_fusion == "add"
         fused = self.cmf(
-            text_states, text_mask if use_masks else None, tokens, padding if use_masks else None,
-            cell_feature=cell if fusion == "add" else None,
+            text_states, text_mask if use_masks else None, memory.tokens, memory.padding if use_masks else None,
+            cell_feature=memory.cell if add_cell else None,
         )  # fmt: skip
         return fused, text_mask
 
     def _text_memory(
-        self, images: Tensor, image_mask: Tensor, prompts: list[str], text_memory: str
+        self,
+        images: Tensor,
+        image_mask: Tensor,
+        prompts: list[str],
+        text_memory: str,
+        image_memory: ImageMemory | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The decoder's memory and its mask: E_W^T from CMF, or E_E^T alone (see :data:`TEXT_MEMORIES`)."""
         if text_memory == "text":
             return self._encode_text(prompts, images.device)
-        return self._fuse_text(images, image_mask, prompts)
+        return self._fuse_text(images, image_mask, prompts, image_memory)
 
     def _forward_text(
         self,
@@ -287,8 +309,9 @@ class UniHema(nn.Module):
         prompts: list[str],
         targets: list[dict] | None,
         text_memory: str = "fused",
+        image_memory: ImageMemory | None = None,
     ) -> TextOutput:
-        fused, text_mask = self._text_memory(images, image_mask, prompts, text_memory)
+        fused, text_mask = self._text_memory(images, image_mask, prompts, text_memory, image_memory)
         out = TextOutput(memory=fused, memory_mask=text_mask)
         if targets is not None:
             if len(targets) != len(prompts) or not all(isinstance(t.get("text"), str) for t in targets):
@@ -368,6 +391,16 @@ class UniHema(nn.Module):
         from unihema.model.persistence import load_pretrained
 
         return load_pretrained(cls, directory, map_location)
+
+
+def _check_image_memory(memory: ImageMemory, task: Task, text_memory: str, batch: int) -> None:
+    if not task.is_text or text_memory != "fused":
+        raise ValueError(
+            f"image_memory feeds CMF: it applies to vqa and mlm with text_memory='fused', not "
+            f"{task.value!r} with text_memory={text_memory!r}"
+        )
+    if len(memory) != batch:
+        raise ValueError(f"image_memory holds {len(memory)} images, the batch {batch}")
 
 
 def _check_text_memory(text_memory: str, task: Task) -> None:

@@ -286,10 +286,14 @@ def build_stage_loader(
     samples = stage_samples(corpus, stage)
     k = {task: stage.k_of(task) for task in samples}
     workers = config.data.num_workers if num_workers is None else num_workers
+    transforms = config.data.transform_config()
+    if stage.image_cache:
+        # A cached image memory stands for one exact input: an augmented crop would be a new one.
+        transforms = transforms.without_augmentation()
     loader = build_multitask_loader(
         samples, k, train=True, num_workers=workers, mode=stage.mode,
         dataset_weights=stage.dataset_weights(), seed=config.seed + index,
-        rank=context.rank, world_size=context.world_size, transform_config=config.data.transform_config(),
+        rank=context.rank, world_size=context.world_size, transform_config=transforms,
         class_masks=None, pin_memory=context.device.type == "cuda", pad_to_multiple=config.data.pad_to_multiple,
     )  # fmt: skip
     # A private generator for the worker base seed keeps the global RNG stream independent of when

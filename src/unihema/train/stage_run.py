@@ -21,6 +21,7 @@ from unihema.train import distributed as dist_utils
 from unihema.train.checkpoint import Progress, progress_to_state, set_rng_state
 from unihema.train.data import CorpusCache, StageData, build_stage_loader
 from unihema.train.history import MetricsWindow
+from unihema.train.image_cache import CACHE_MEMORY_SHARE, DEFAULT_CACHE_BYTES, ImageMemoryCache
 from unihema.train.memory import plan_memory
 from unihema.train.optim import apply_freezing, build_optimizer, build_scheduler, stage_total_steps
 from unihema.train.resources import Machine
@@ -46,6 +47,7 @@ class StageRun:
         micro_batch: images per forward/backward pass, per task (a task batch larger than that runs in
             several passes whose gradients add up).
         window: running sums since the last ``metrics.csv`` row.
+        image_cache: the stage's image-memory cache (``StageConfig.image_cache``), or None.
     """
 
     stage: StageConfig
@@ -59,6 +61,7 @@ class StageRun:
     steps_per_epoch: int
     micro_batch: dict[Task, int] = field(default_factory=dict)
     window: MetricsWindow = field(default_factory=MetricsWindow)
+    image_cache: ImageMemoryCache | None = None
 
     @property
     def sampler(self) -> Any:
@@ -136,15 +139,16 @@ def prepare_stage(
     ddp_model = dist_utils.wrap_model(model, context)
     optimizer = build_optimizer(model, stage)
     scheduler = build_scheduler(optimizer, stage, total_steps, steps_per_epoch)
+    cache = None
+    if stage.image_cache:
+        room = (machine or Machine()).available_memory(context.device)
+        limit = int((room if room is not None else DEFAULT_CACHE_BYTES) * CACHE_MEMORY_SHARE)
+        cache = ImageMemoryCache(model.image_memory, limit)
+        logger.info(
+            "stage %s: image memory cached per input (up to %.0f MB); its inputs are not augmented",
+            stage.name, limit / 2**20,
+        )  # fmt: skip
     return StageRun(
-        stage,
-        index,
-        model,
-        ddp_model,
-        data,
-        optimizer,
-        scheduler,
-        total_steps,
-        steps_per_epoch,
-        plan.micro_batch,
-    )
+        stage, index, model, ddp_model, data, optimizer, scheduler, total_steps, steps_per_epoch,
+        plan.micro_batch, image_cache=cache,
+    )  # fmt: skip

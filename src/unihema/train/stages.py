@@ -55,6 +55,7 @@ from unihema.train.config_sections import (
     validate_data,
     validate_runtime,
 )
+from unihema.train.image_cache import IMAGE_MEMORY_GROUPS
 from unihema.train.losses import LossConfig
 from unihema.validation import is_int, is_number
 
@@ -102,6 +103,11 @@ class StageConfig:
             image-and-text states, as the model answers; ``"text"``, the T5 encoder's states alone, so the
             image path is skipped (about a fifth of the cost of a ``tiny`` VQA step): plain text-to-text
             pre-training of ``E_T`` and ``D_T``; every task of such a stage must be vqa or mlm.
+        image_cache: compute what CMF reads of each distinct input crop once and reuse it for the rest of
+            the stage (:mod:`unihema.train.image_cache`), so a step runs only E_T, CMF and D_T; a ``tiny``
+            VQA step at 96 px costs about a quarter. Needs a stage of vqa / mlm tasks with the fused
+            memory that trains none of ``B``, ``E_I``, ``SCFE``; the stage's inputs are then not
+            augmented (no flips or colour jitter), since an augmented crop is a new input every time.
     """
 
     name: str
@@ -121,6 +127,7 @@ class StageConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     split: str = "train"
     text_memory: str = "fused"
+    image_cache: bool = False
 
     @property
     def trainable_groups(self) -> tuple[str, ...]:
@@ -225,6 +232,30 @@ class StageConfig:
                 not vision,
                 f"{where}.text_memory",
                 f"applies to vqa and mlm only; the stage also has {vision}",
+            )
+        _require(
+            isinstance(self.image_cache, bool),
+            f"{where}.image_cache",
+            "must be true or false",
+            self.image_cache,
+        )
+        if self.image_cache:
+            vision = [t.value for t in self.tasks if not t.is_text]
+            _require(
+                not vision,
+                f"{where}.image_cache",
+                f"applies to vqa and mlm stages only; the stage also has {vision}",
+            )
+            _require(
+                self.text_memory == "fused",
+                f"{where}.image_cache",
+                f"caches the image path, which text_memory={self.text_memory!r} does not run; drop one of them",
+            )
+            trained = [g for g in IMAGE_MEMORY_GROUPS if g in self.trainable_groups]
+            _require(
+                not trained,
+                f"{where}.image_cache",
+                f"needs the image path frozen, but the stage trains {trained}",
             )
         self.scheduler.validate(f"{where}.scheduler")
 

@@ -69,7 +69,7 @@ class ImageMemoryCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self._rows: dict[bytes, tuple[Tensor, Tensor, Tensor | None]] = {}
+        self._rows: dict[bytes, ImageMemory] = {}
         self._full_logged = False
 
     def __len__(self) -> int:
@@ -81,26 +81,27 @@ class ImageMemoryCache:
         keys = input_keys(images, image_mask) if keys is None else keys
         if len(keys) != images.shape[0]:
             raise ValueError(f"{len(keys)} keys for a batch of {images.shape[0]} images")
-        # First row of every input not stored (a batch can hold two questions about one crop).
-        missing = list(
-            {key: i for i, key in reversed(list(enumerate(keys))) if key not in self._rows}.values()
-        )
-        fresh: dict[bytes, tuple[Tensor, Tensor, Tensor | None]] = {}
+        first: dict[bytes, int] = {}  # a batch can hold two questions about one crop
+        for row, key in enumerate(keys):
+            first.setdefault(key, row)
+        missing = [row for key, row in first.items() if key not in self._rows]
+        fresh: dict[bytes, ImageMemory] = {}
         if missing:
             index = torch.tensor(missing, device=images.device)
             with torch.no_grad():
                 computed = self.compute(images.index_select(0, index), image_mask.index_select(0, index))
             for position, row in enumerate(missing):
-                cell = None if computed.cell is None else computed.cell[position]
-                fresh[keys[row]] = (computed.tokens[position], computed.padding[position], cell)
+                fresh[keys[row]] = computed[position : position + 1]
                 self._store(keys[row], fresh[keys[row]])
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         rows = [fresh[key] if key in fresh else self._rows[key] for key in keys]
-        return _stack(rows)
+        cells = None if rows[0].cell is None else torch.cat([r.cell for r in rows])  # type: ignore[misc]
+        return ImageMemory(torch.cat([r.tokens for r in rows]), torch.cat([r.padding for r in rows]), cells)
 
-    def _store(self, key: bytes, row: tuple[Tensor, Tensor, Tensor | None]) -> None:
-        size = sum(t.numel() * t.element_size() for t in row if t is not None)
+    def _store(self, key: bytes, row: ImageMemory) -> None:
+        parts = [t for t in (row.tokens, row.padding, row.cell) if t is not None]
+        size = sum(t.numel() * t.element_size() for t in parts)
         if self.bytes + size > self.max_bytes:
             if not self._full_logged:
                 logger.info(
@@ -110,21 +111,6 @@ class ImageMemoryCache:
                 self._full_logged = True
             return
         # Clones, so a stored row does not keep its whole batch's tensors alive.
-        self._rows[key] = tuple(None if t is None else t.clone() for t in row)  # type: ignore[assignment]
+        cell = None if row.cell is None else row.cell.clone()
+        self._rows[key] = ImageMemory(row.tokens.clone(), row.padding.clone(), cell)
         self.bytes += size
-
-
-def _stack(rows: list[tuple[Tensor, Tensor, Tensor | None]]) -> ImageMemory:
-    """Rows of possibly different lengths as one batch, shorter rows padded (and marked padding)."""
-    length = max(int(tokens.shape[0]) for tokens, _, _ in rows)
-    tokens_out, padding_out = [], []
-    for tokens, padding, _ in rows:
-        extra = length - int(tokens.shape[0])
-        if extra:
-            tokens = torch.cat((tokens, tokens.new_zeros(extra, tokens.shape[1])))
-            padding = torch.cat((padding, padding.new_ones(extra)))
-        tokens_out.append(tokens)
-        padding_out.append(padding)
-    cells = [cell for _, _, cell in rows]
-    cell = None if cells[0] is None else torch.stack(cells)  # type: ignore[arg-type]
-    return ImageMemory(torch.stack(tokens_out), torch.stack(padding_out), cell)

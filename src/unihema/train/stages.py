@@ -226,8 +226,8 @@ class StageConfig:
             f"must be one of {TEXT_MEMORIES}",
             self.text_memory,
         )
+        vision = [t.value for t in self.tasks if not t.is_text]
         if self.text_memory != "fused":
-            vision = [t.value for t in self.tasks if not t.is_text]
             _require(
                 not vision,
                 f"{where}.text_memory",
@@ -240,7 +240,6 @@ class StageConfig:
             self.image_cache,
         )
         if self.image_cache:
-            vision = [t.value for t in self.tasks if not t.is_text]
             _require(
                 not vision,
                 f"{where}.image_cache",

@@ -10,10 +10,12 @@ import pytest
 from unihema.data.schema import UNKNOWN, ArrayImage, Sample, Task
 from unihema.data.text import (
     MLM_MASK_COUNTS,
+    SOURCE_CELL_KEY,
     decode_attributes,
     describe,
     masked_sentences,
     question_topic,
+    template_answer,
     text_samples,
     vqa_pairs,
 )
@@ -233,3 +235,41 @@ def test_class_questions_and_unknown_wording() -> None:
     assert question_topic("Q: Are the granules red?") == ("granule_colour", "verify")
     assert question_topic("Q: Are the granules coarse?") == ("granule_type", "verify")
     assert question_topic("Q: Is this cell reactive?") is None
+
+
+@pytest.mark.parametrize("style", ["sentence", "word"])
+def test_template_answer_reproduces_every_pair_and_answers_about_another_cell(style) -> None:
+    monocyte = {
+        **NEUTROPHIL,
+        "nucleus_shape": "unsegmented-indented",
+        "granule_type": "nil",
+        "granule_colour": "nil",
+    }
+    for seed in range(8):
+        for question, answer in vqa_pairs("neutrophil", NEUTROPHIL, seed=seed, answer_style=style):
+            assert template_answer(question, "Neutrophil", NEUTROPHIL, answer_style=style) == answer
+    asked = {q: template_answer(q, "monocyte", monocyte, answer_style=style) for q in (
+        "Q: What is the shape of the nucleus?", "Q: Is this a neutrophil?", "Q: Is the nucleus unsegmented-indented?",
+        "Q: What colour are the granules?", "Q: What is the colour of the cytoplasm?",
+    )}  # fmt: skip
+    if style == "sentence":
+        assert asked == {
+            "Q: What is the shape of the nucleus?": "The nucleus is unsegmented-indented.",
+            "Q: Is this a neutrophil?": "No, this is a monocyte.",
+            "Q: Is the nucleus unsegmented-indented?": "Yes, the nucleus is unsegmented-indented.",
+            "Q: What colour are the granules?": None,  # the monocyte has none
+            "Q: What is the colour of the cytoplasm?": "The cytoplasm is light blue.",
+        }
+    else:
+        assert list(asked.values()) == ["unsegmented-indented", "no", "yes", None, "light blue"]
+    assert template_answer("Q: Is this cell reactive?", "monocyte", monocyte) is None
+    assert template_answer("Q: What type of cell is this?", "", monocyte) is None
+
+
+def test_text_samples_carry_their_cell_for_answers_about_it() -> None:
+    sample = _cell_sample()
+    for text in text_samples(sample, seed=0):
+        cell = text.extra[SOURCE_CELL_KEY]
+        assert cell["cell_class"] == "neutrophil" and "cell_size" not in cell["attributes"]
+        if text.task is Task.VQA:
+            assert template_answer(text.prompt, cell["cell_class"], cell["attributes"]) == text.text_target

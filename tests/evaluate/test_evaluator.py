@@ -274,6 +274,63 @@ def evaluate_image(sample):
     return batch["images"][0]
 
 
+class GroundedModel(nn.Module):
+    """Reads its image's brightness level, looks up that cell, and answers the question about it
+    exactly (``template_answer``): perfect grounding."""
+
+    def __init__(self, cells_by_level):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))  # the evaluator reads the device from a parameter
+        self.cells_by_level = cells_by_level
+
+    def generate_text(self, images, prompts, image_mask=None, num_beams=1, max_new_tokens=32):
+        from unihema.data.text import template_answer
+
+        answers = []
+        for image, prompt in zip(images, prompts):
+            cls, attributes = self.cells_by_level[int(round(float(image.mean()) * 10))]
+            answers.append(template_answer(prompt, cls, attributes) or "-")
+        return answers
+
+
+def test_a_perfectly_grounded_model_scores_the_grounded_ceiling_with_shuffled_images():
+    from unihema.data.text import text_samples
+    from unihema.data.vocab import CELL_ATTRIBUTES, CELL_CLASSES, cell_index
+
+    values = dict(CELL_ATTRIBUTES)
+    cells = [("neutrophil", "segmented-bilobed", "big"), ("lymphocyte", "unsegmented-round", "small"),
+             ("monocyte", "unsegmented-indented", "big"), ("lymphocyte", "unsegmented-round", "big")]  # fmt: skip
+    samples, cells_by_level = [], {}
+    for i, (cls, nucleus, size) in enumerate(cells):
+        attributes = [-1] * len(CELL_ATTRIBUTES)
+        attributes[0] = values["cell_size"].index(size)
+        attributes[2] = values["nucleus_shape"].index(nucleus)
+        pixels = np.full((32, 32, 3), 20 + 50 * i, np.uint8)
+        crop = Sample(ArrayImage(pixels), Task.CELL_MORPHOLOGY, "t", f"c{i}", cell_class=cell_index(cls),
+                      cell_attributes=np.asarray(attributes))  # fmt: skip
+        questions = [s for s in text_samples(crop, seed=i) if s.task is Task.VQA]
+        level = int(round(float(evaluate_image(questions[0]).mean()) * 10))
+        cells_by_level[level] = (CELL_CLASSES[cell_index(cls)], {"cell_size": size, "nucleus_shape": nucleus})
+        samples += questions
+    details = evaluate_task(GroundedModel(cells_by_level), samples, Task.VQA, SMALL).details
+    assert details["exact_match"] == 1.0
+    # Shuffled, its answers are right exactly where the donor cell gives the same answer.
+    assert details["exact_match_shuffled_images"] == pytest.approx(details["exact_match_shuffled_grounded"])
+    assert 0.0 < details["exact_match_shuffled_grounded"] < 1.0
+    rows = details["exact_match_by_question"]
+    assert all(
+        r["exact_match_shuffled_images"] == pytest.approx(r["exact_match_shuffled_grounded"]) for r in rows
+    )
+    # Questions outside the templates have no ceiling.
+    foreign = [
+        Sample(s.image, s.task, s.dataset, s.sample_id, prompt="Q: level?", text_target="?") for s in samples
+    ]
+    assert (
+        "exact_match_shuffled_grounded"
+        not in evaluate_task(GroundedModel(cells_by_level), foreign, Task.VQA, SMALL).details
+    )
+
+
 def test_shuffled_images_is_a_derangement():
     from unihema.evaluate.evaluator import shuffled_images
 

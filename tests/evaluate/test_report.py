@@ -67,3 +67,17 @@ def test_report_shows_the_shuffled_image_check_per_kind_of_question():
     assert "| each question with its own cell | 0.667 |" in text
     assert "| class | open | 8 | 0.750 | 0.250 |" in text
     assert "| cell_size | verify | 4 | 0.500 | 0.500 |" in text
+
+
+def test_report_shows_what_perfect_grounding_scores_with_shuffled_images():
+    rows = [{"topic": "class", "form": "open", "questions": 8, "exact_match": 0.75,
+             "exact_match_shuffled_images": 0.5, "exact_match_shuffled_grounded": 0.125}]  # fmt: skip
+    details = {"exact_match": 0.75, "exact_match_shuffled_images": 0.5, "exact_match_shuffled_grounded": 0.125,
+               "answers_changed_by_shuffling": 0.25, "exact_match_by_question": rows}  # fmt: skip
+    text = markdown_report(build_report({}, {Task.VQA: TaskResult(Task.VQA, "BLEU4", 30.0, details)}, {}))
+    assert "| images shuffled, a perfectly grounded model (the answer about the cell shown) | 0.125 |" in text
+    assert "| class | open | 8 | 0.750 | 0.500 | 0.125 |" in text
+    assert "would fall to the last row" in text
+    del details["exact_match_shuffled_grounded"], rows[0]["exact_match_shuffled_grounded"]
+    text = markdown_report(build_report({}, {Task.VQA: TaskResult(Task.VQA, "BLEU4", 30.0, details)}, {}))
+    assert "perfectly grounded" not in text and "| class | open | 8 | 0.750 | 0.500 |\n" in text + "\n"

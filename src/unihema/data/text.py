@@ -58,6 +58,9 @@ MLM_MASK_COUNTS: tuple[int, ...] = (1, 2, 3)
 """Number of attribute words hidden in each random masked-sentence variant (one variant per entry)."""
 
 YES, NO = "yes", "no"
+
+SOURCE_CELL_KEY = "source_cell"
+"""``Sample.extra`` key of a text sample's cell: ``{"cell_class": name, "attributes": {name: value}}``."""
 ANSWER_STYLES: tuple[str, ...] = ("sentence", "word")
 """``sentence``: answers are short sentences ("The nucleus is segmented-bilobed."), like the paper's
 WBCAtt-VQA answers, so BLEU-4 measures them; ``word``: the bare value ("segmented-bilobed", "yes")."""
@@ -253,44 +256,62 @@ def vqa_pairs(
     Returns:
         ``[(prompt, answer), ...]``; every prompt starts with ``"Q: "``; word answers are lower case.
     """
-    if answer_style not in ANSWER_STYLES:
-        raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {answer_style!r}")
-    words = answer_style == "word"
+    words = _words(answer_style)
     cls = _canonical_class(cell_class)
     known = _known_attributes(attributes)
     rng = _rng(seed, cls, known, "vqa")
     pairs: list[tuple[str, str]] = []
     if cls:
-        pairs.append(
-            (
-                VQA_PREFIX + rng.choice(_CLASS_QUESTIONS),
-                cls if words else _sentence(f"this is {_article(cls)} {cls}"),
-            )
-        )
+        pairs.append((VQA_PREFIX + rng.choice(_CLASS_QUESTIONS), _class_answer(cls, words)))
     for name, value in known.items():
         if value == NIL:  # no granules: nothing to say about their type or colour
             continue
-        answer = value if words else _sentence(_statement(name, value))
-        if not words and name in ("cytoplasm_vacuole", "granularity"):
-            answer = ("Yes, " if value == YES else "No, ") + _statement(name, value) + "."
-        pairs.append((VQA_PREFIX + rng.choice(_ATTRIBUTE_TEXT[name].questions), answer))
+        pairs.append(
+            (VQA_PREFIX + rng.choice(_ATTRIBUTE_TEXT[name].questions), _open_answer(name, value, words))
+        )
     # Yes/no verification: about half ask about the true value, the rest about a distractor.
     if cls:
         others = [c for c in WBC_CLASSES if c != cls]
         asked = cls if rng.random() < 0.5 else rng.choice(others)
-        verdict = YES if asked == cls else NO
-        answer = verdict if words else f"{verdict.capitalize()}, this is {_article(cls)} {cls}."
-        pairs.append((f"{VQA_PREFIX}Is this {_article(asked)} {asked}?", answer))
+        pairs.append(
+            (f"{VQA_PREFIX}Is this {_article(asked)} {asked}?", _class_check_answer(asked, cls, words))
+        )
     for name, value in known.items():
         check = _ATTRIBUTE_TEXT[name].check
         if check is None or value == NIL:
             continue
         others = [v for v in _ATTRIBUTE_VALUES[name] if v not in (value, NIL)]
         asked = value if (not others or rng.random() < 0.5) else rng.choice(others)
-        verdict = YES if asked == value else NO
-        answer = verdict if words else f"{verdict.capitalize()}, {_statement(name, value)}."
-        pairs.append((VQA_PREFIX + check.format(value=asked), answer))
+        pairs.append((VQA_PREFIX + check.format(value=asked), _check_answer(name, asked, value, words)))
     return pairs
+
+
+def _words(answer_style: str) -> bool:
+    if answer_style not in ANSWER_STYLES:
+        raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {answer_style!r}")
+    return answer_style == "word"
+
+
+def _class_answer(cls: str, words: bool) -> str:
+    return cls if words else _sentence(f"this is {_article(cls)} {cls}")
+
+
+def _open_answer(name: str, value: str, words: bool) -> str:
+    if words:
+        return value
+    if name in ("cytoplasm_vacuole", "granularity"):
+        return ("Yes, " if value == YES else "No, ") + _statement(name, value) + "."
+    return _sentence(_statement(name, value))
+
+
+def _class_check_answer(asked: str, cls: str, words: bool) -> str:
+    verdict = YES if asked == cls else NO
+    return verdict if words else f"{verdict.capitalize()}, this is {_article(cls)} {cls}."
+
+
+def _check_answer(name: str, asked: str, value: str, words: bool) -> str:
+    verdict = YES if asked == value else NO
+    return verdict if words else f"{verdict.capitalize()}, {_statement(name, value)}."
 
 
 QUESTION_FORMS: tuple[str, ...] = ("open", "verify")
@@ -298,15 +319,16 @@ QUESTION_FORMS: tuple[str, ...] = ("open", "verify")
 of a named value ("Is the nucleus round?", "Is this a monocyte?")."""
 
 
-def _question_table() -> dict[str, tuple[str, str]]:
-    table: dict[str, tuple[str, str]] = {}
+def _question_table() -> dict[str, tuple[str, str, str | None]]:
+    """Every template question -> (topic, form, the value a yes/no check names or ``None``)."""
+    table: dict[str, tuple[str, str, str | None]] = {}
     for question in _CLASS_QUESTIONS:
-        table[VQA_PREFIX + question] = ("class", "open")
+        table[VQA_PREFIX + question] = ("class", "open", None)
     for name in CELL_CLASSES:
-        table[f"{VQA_PREFIX}Is this {_article(name)} {name}?"] = ("class", "verify")
+        table[f"{VQA_PREFIX}Is this {_article(name)} {name}?"] = ("class", "verify", name)
     for name, text in _ATTRIBUTE_TEXT.items():
         for question in text.questions:
-            table[VQA_PREFIX + question] = (name, "open")
+            table[VQA_PREFIX + question] = (name, "open", None)
         if text.check is not None:
             # Granule type and colour share a wording; their value sets (without "nil", never asked)
             # tell them apart.
@@ -314,11 +336,11 @@ def _question_table() -> dict[str, tuple[str, str]]:
                 question = VQA_PREFIX + text.check.format(value=value)
                 if value != NIL:
                     assert question not in table, f"two topics share the question {question!r}"
-                    table[question] = (name, "verify")
+                    table[question] = (name, "verify", value)
     return table
 
 
-_QUESTION_TOPICS = _question_table()
+_QUESTIONS = _question_table()
 
 
 def question_topic(prompt: str) -> tuple[str, str] | None:
@@ -329,7 +351,37 @@ def question_topic(prompt: str) -> tuple[str, str] | None:
     >>> question_topic("Q: What colour are the granules?")
     ('granule_colour', 'open')
     """
-    return _QUESTION_TOPICS.get(" ".join(prompt.split()))
+    entry = _QUESTIONS.get(" ".join(prompt.split()))
+    return None if entry is None else entry[:2]
+
+
+def template_answer(
+    prompt: str, cell_class: str, attributes: Mapping[str, str], *, answer_style: str = "sentence"
+) -> str | None:
+    """The answer :func:`vqa_pairs` gives to the template question ``prompt`` about a cell of class
+    ``cell_class`` with ``attributes``, whichever cell the question was first asked about.
+
+    It answers a question about another cell than the one it was written for, which is how the evaluator
+    measures what a perfectly grounded model would score when the images are shuffled among the questions.
+
+    Returns:
+        the answer, or ``None`` when ``prompt`` is not a template question or asks about what this cell
+        lacks (an unknown class, a missing attribute, the type or colour of absent granules).
+    """
+    words = _words(answer_style)
+    entry = _QUESTIONS.get(" ".join(prompt.split()))
+    if entry is None:
+        return None
+    topic, form, asked = entry
+    if topic == "class":
+        cls = _canonical_class(cell_class)
+        if not cls:
+            return None
+        return _class_answer(cls, words) if form == "open" else _class_check_answer(asked, cls, words)
+    value = _known_attributes(attributes).get(topic)
+    if value is None or value == NIL:
+        return None
+    return _open_answer(topic, value, words) if form == "open" else _check_answer(topic, asked, value, words)
 
 
 # ------------------------------------------------------------------------------------- descriptions
@@ -509,7 +561,9 @@ def text_samples(
 
     Returns:
         the VQA samples followed by the MLM samples; ids are ``<sample_id>#vqa<i>`` / ``<sample_id>#mlm<i>``
-        and ``extra["source_sample_id"]`` names the source sample.
+        and ``extra["source_sample_id"]`` names the source sample; ``extra[SOURCE_CELL_KEY]`` holds its
+        class and attributes (``{"cell_class": ..., "attributes": {...}}``), which the evaluator needs to
+        answer a question about another cell (:func:`template_answer`).
 
     Raises:
         ValueError: when the sample has no ``cell_attributes`` or a limit is negative.
@@ -523,6 +577,7 @@ def text_samples(
             raise ValueError(f"{name} must be >= 0 or None, got {limit}")
     attributes = decode_attributes(sample.cell_attributes)
     cls = CELL_CLASSES[sample.cell_class] if sample.cell_class is not None else ""
+    source_cell = {"cell_class": cls, "attributes": attributes}
     sample_seed = f"{seed}|{sample.dataset}|{sample.sample_id}"
     chosen_rng = random.Random(hashlib.sha256(sample_seed.encode("utf-8")).hexdigest())
 
@@ -554,7 +609,7 @@ def text_samples(
                     text_target=answer,
                     image_size=sample.image_size,
                     source_path=sample.source_path,
-                    extra={"source_sample_id": sample.sample_id},
+                    extra={"source_sample_id": sample.sample_id, SOURCE_CELL_KEY: source_cell},
                 )
             )
     return out
@@ -563,12 +618,14 @@ def text_samples(
 __all__ = [
     "MLM_PREFIX",
     "QUESTION_FORMS",
+    "SOURCE_CELL_KEY",
     "VQA_PREFIX",
     "decode_attributes",
     "describe",
     "masked_sentences",
     "question_topic",
     "sentinel",
+    "template_answer",
     "text_samples",
     "vqa_pairs",
 ]

@@ -87,23 +87,40 @@ def markdown_report(report: Mapping[str, Any], overlays: Sequence[str] = ()) -> 
             "|---|---|",
             f"| each question with its own cell | {vqa['exact_match']:.3f} |",
             f"| images shuffled among the questions | {vqa['exact_match_shuffled_images']:.3f} |",
+        ]
+        grounded = "exact_match_shuffled_grounded" in vqa
+        if grounded:
+            lines.append(
+                "| images shuffled, a perfectly grounded model (the answer about the cell shown) "
+                f"| {vqa['exact_match_shuffled_grounded']:.3f} |"
+            )
+        floor = (
+            ", and one that always answered about the cell it is shown would fall to the last row (two cells "
+            "often share what is asked)"
+            if grounded
+            else ""
+        )
+        lines += [
             "",
             f"Shuffling the images changes {vqa['answers_changed_by_shuffling']:.1%} of the answers and costs "
-            f"{gap:.3f} accuracy; a model that ignored the image would lose nothing. (BLEU-4 rewards the shared "
-            "template words, so it hides this.)",
+            f"{gap:.3f} accuracy; a model that ignored the image would lose nothing{floor}. (BLEU-4 rewards "
+            "the shared template words, so it hides this.)",
         ]
         rows = vqa.get("exact_match_by_question", [])
         if rows:
+            extra_column = all("exact_match_shuffled_grounded" in r for r in rows)
             lines += [
                 "",
                 "Exact match by kind of question (equal rates: answered from the question alone):",
                 "",
-                "| asks about | form | questions | own cell | shuffled |",
-                "|---|---|---:|---:|---:|",
+                "| asks about | form | questions | own cell | shuffled |"
+                + (" shuffled, perfectly grounded |" if extra_column else ""),
+                "|---|---|---:|---:|---:|" + ("---:|" if extra_column else ""),
             ]
             lines += [
                 f"| {r['topic']} | {r['form']} | {r['questions']} | {r['exact_match']:.3f} "
                 f"| {r['exact_match_shuffled_images']:.3f} |"
+                + (f" {r['exact_match_shuffled_grounded']:.3f} |" if extra_column else "")
                 for r in rows
             ]
     if any(task in report["tasks"] for task in ("vqa", "mlm")):

@@ -61,6 +61,7 @@ YES, NO = "yes", "no"
 
 SOURCE_CELL_KEY = "source_cell"
 """``Sample.extra`` key of a text sample's cell: ``{"cell_class": name, "attributes": {name: value}}``."""
+
 ANSWER_STYLES: tuple[str, ...] = ("sentence", "word")
 """``sentence``: answers are short sentences ("The nucleus is segmented-bilobed."), like the paper's
 WBCAtt-VQA answers, so BLEU-4 measures them; ``word``: the bare value ("segmented-bilobed", "yes")."""

@@ -337,6 +337,33 @@ def test_multitask_loader_joint_and_round_robin():
     assert [len(b["samples"]) for b in rr] == [2, 3, 2, 3]
 
 
+def test_unaugmented_tasks_see_the_same_crop_each_draw_while_the_others_are_augmented():
+    def crops(task: Task) -> list[Sample]:
+        # An asymmetric random crop, so that any flip or colour jitter changes its tensor.
+        pixels = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        return [Sample(image=ArrayImage(pixels), task=task, dataset="pbc", sample_id="c", cell_class=1)]
+
+    augmented = TransformConfig(cls_size=16, hflip_prob=1.0, brightness=0.5)
+    by_task = {
+        Task.CLASSIFICATION: crops(Task.CLASSIFICATION),
+        Task.CELL_MORPHOLOGY: crops(Task.CELL_MORPHOLOGY),
+    }
+    draws = {task: [] for task in by_task}
+    for seed in range(3):
+        loader = build_multitask_loader(by_task, 1, train=True, mode="joint", seed=seed,
+                                        transform_config=augmented, unaugmented_tasks=["classification"])  # fmt: skip
+        [group] = list(loader)
+        for task, batch in group.items():
+            draws[task].append(batch["images"][0])
+    plain = build_transforms(Task.CLASSIFICATION, train=False, config=augmented)
+    expected = plain(
+        tv_tensors.Image(torch.from_numpy(by_task[Task.CLASSIFICATION][0].image.array).permute(2, 0, 1))
+    )
+    for image in draws[Task.CLASSIFICATION]:  # resized and normalised as in evaluation, never flipped
+        torch.testing.assert_close(image, expected)
+    assert not torch.allclose(draws[Task.CELL_MORPHOLOGY][0], expected)  # flipped every time
+
+
 @pytest.mark.realdata
 def test_real_pbc_cells_through_a_worker_loader():
     root = dataset_path("pbc") / "PBC_dataset_normal_DIB"

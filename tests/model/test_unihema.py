@@ -383,3 +383,28 @@ def test_image_memory_is_checked(model: UniHema, images: torch.Tensor) -> None:
         model(images, "vqa", PROMPTS, text_memory="text", image_memory=memory)
     with pytest.raises(ValueError, match=f"image_memory holds 1 images, the batch {images.shape[0]}"):
         model(images, "vqa", PROMPTS, image_memory=memory[:1])
+
+
+def test_precomputed_cell_inputs_give_the_cell_outputs_of_the_crops(
+    model: UniHema, images: torch.Tensor
+) -> None:
+    model.eval()
+    with torch.no_grad():
+        direct = model(images, "classification")
+        inputs = model.cell_inputs(images)
+        # The inputs stand for the crops they were computed from: the pixels passed beside them are unread.
+        cached = model(torch.randn_like(images), "classification", cell_inputs=inputs)
+        morphology = model(torch.zeros_like(images), "cell_morphology", cell_inputs=inputs)
+        last = model(images[1:], "classification", cell_inputs=inputs[1:])
+    torch.testing.assert_close(cached.class_logits, direct.class_logits)
+    torch.testing.assert_close(morphology.attribute_logits, direct.attribute_logits)
+    torch.testing.assert_close(last.class_logits, direct.class_logits[1:], rtol=1e-4, atol=1e-4)
+    assert len(inputs) == images.shape[0] and inputs.memory.shape[:2] == inputs.memory_padding.shape
+
+
+def test_cell_inputs_are_checked(model: UniHema, images: torch.Tensor) -> None:
+    inputs = model.cell_inputs(images)
+    with pytest.raises(ValueError, match="apply to classification and cell_morphology, not 'segmentation'"):
+        model(images, "segmentation", PROMPTS, cell_inputs=inputs)
+    with pytest.raises(ValueError, match=f"cell_inputs hold 1 crops, the batch {images.shape[0]}"):
+        model(images, "classification", cell_inputs=inputs[:1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from unihema.model.outputs import ImageMemory
+from unihema.model.outputs import CellInputs, ImageMemory
 from unihema.train.image_cache import ImageMemoryCache, input_keys
 
 
@@ -52,3 +52,22 @@ def test_past_its_budget_the_cache_computes_without_storing() -> None:
     cache.lookup(images, mask)
     assert len(cache) == 1 and cache.bytes <= 200
     assert calls == [3, 2]
+
+
+def test_single_cell_rows_are_cached_field_by_field() -> None:
+    calls: list[int] = []
+
+    def scfe_inputs(images: torch.Tensor, image_mask: torch.Tensor) -> CellInputs:
+        calls.append(images.shape[0])
+        memory = images.flatten(2).transpose(1, 2)
+        return CellInputs(memory, image_mask.flatten(1), memory[:, :2] + 1, image_mask.flatten(1)[:, :2])
+
+    cache = ImageMemoryCache(scfe_inputs, max_bytes=2**20)
+    images, mask = torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.bool)
+    cache.lookup(images, mask)
+    swapped = cache.lookup(images[[1, 0]], mask)
+    assert calls == [2] and isinstance(swapped, CellInputs) and len(swapped) == 2
+    expected = scfe_inputs(images[[1, 0]], mask)
+    for name in ("memory", "memory_padding", "tokens", "token_padding"):
+        torch.testing.assert_close(getattr(swapped, name), getattr(expected, name))
+    torch.testing.assert_close(swapped[1:].tokens, expected.tokens[1:])

@@ -46,11 +46,29 @@ def _with_stage(**changes: object) -> dict:
             r"text_memory applies to vqa and mlm only; the stage also has \['classification'\]",
         ),
         ({"image_cache": "yes"}, r"stages\[0\] \(s1\)\.image_cache must be true or false"),
-        ({"image_cache": True}, r"image_cache applies to vqa and mlm stages only"),
+        (
+            {"image_cache": True, "tasks": {"detection": ["synthetic"]}},
+            r"image_cache applies to vqa, mlm, classification and cell_morphology; the stage has only "
+            r"\['detection'\]",
+        ),
         (
             {"image_cache": True, "tasks": {"vqa": ["synthetic"]}, "train": ["E_T", "SCFE"]},
-            r"image_cache needs the image path frozen, but the stage trains \['SCFE'\]",
+            r"image_cache needs the image path of \['vqa'\] frozen \(B, E_I, SCFE\), but the stage trains "
+            r"\['SCFE'\]",
         ),
+        (  # single-cell crops may train SCFE over a cache, not the encoder it reads
+            {"image_cache": True, "train": ["SCFE", "E_I", "heads"]},
+            r"image_cache needs the image path of \['classification'\] frozen \(B, E_I\), but the stage "
+            r"trains \['E_I'\]",
+        ),
+        (  # with a text task in the stage, SCFE (which feeds CMF) must stay frozen too
+            {
+                "image_cache": True,
+                "tasks": {"classification": ["synthetic"], "vqa": ["synthetic"]},
+                "train": ["SCFE", "D_T"],
+            },
+            r"image_cache needs the image path of \['classification', 'vqa'\] frozen \(B, E_I, SCFE\)",
+        ),  # fmt: skip
         (
             {"image_cache": True, "tasks": {"vqa": ["synthetic"]}, "train": ["D_T"], "text_memory": "text"},
             r"image_cache caches the image path, which text_memory='text' does not run",

@@ -140,6 +140,48 @@ def test_an_image_cache_stage_runs_the_image_path_once_per_distinct_crop(
         assert not _changed(initial[group], after[group]), group
 
 
+def test_an_image_cache_serves_single_cell_crops_beside_an_uncached_task(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from unihema.train.trainer import build_model
+
+    # The demo's step 5: SCFE and the heads fitted on a frozen backbone and encoder, beside the mask former.
+    stage = {"name": "cells", "tasks": {"classification": ["synthetic"], "segmentation": ["synthetic"]},
+             "mode": "joint", "k_per_task": 2, "train": ["SCFE", "QGMF", "heads"], "max_steps": 40, "lr": 1e-2,
+             "image_cache": True}  # fmt: skip
+    config = TrainConfig.from_dict(mini_config([stage]))
+    torch.manual_seed(config.seed)
+    initial = _snapshot(build_model(config))
+    computed: list[bytes] = []
+    served: list[bool] = []
+    original_inputs, original_cell = UniHema.cell_inputs, UniHema._forward_cell
+
+    def counted_inputs(self, images, image_mask=None):
+        computed.extend(input_keys(images, image_mask))
+        return original_inputs(self, images, image_mask)
+
+    def watched_cell(self, images, image_mask, inputs=None):
+        served.append(inputs is not None)
+        return original_cell(self, images, image_mask, inputs)
+
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("INFO", logger="unihema"):
+        patch.setattr(UniHema, "cell_inputs", counted_inputs)
+        patch.setattr(UniHema, "_forward_cell", watched_cell)
+        model = run_training(config, tmp_path / "cached", progress=False)
+    after = _snapshot(model)
+    [line] = [r.getMessage() for r in caplog.records if "lookups served" in r.getMessage()]
+    assert line.startswith("stage cells: SCFE inputs of")
+    cached, hits, lookups = map(int, re.search(r"of (\d+) inputs cached, (\d+) of (\d+)", line).groups())
+    # Every crop went through the backbone and encoder once; 80 draws of 40 crops repeat some.
+    assert len(computed) == len(set(computed)) == cached and lookups == 80 and hits == lookups - cached > 0
+    # Each of the 40 training forwards of the crops read cached inputs (the memory probe runs its own).
+    assert served.count(True) == 40 and served.count(False) <= 1
+    for group in ("SCFE", "QGMF", "heads"):
+        assert _changed(initial[group], after[group]), group
+    for group in ("B", "E_I"):
+        assert not _changed(initial[group], after[group]), group
+
+
 def test_a_round_robin_stage_that_outlasts_a_task_is_warned_about(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -32,7 +32,7 @@ loaders raise instead (the evaluator names and leaves out each sample that fails
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -317,6 +317,7 @@ def build_loader(
     pin_memory: bool = False,
     pad_to_multiple: int = 1,
     skip_unreadable: bool | None = None,
+    unaugmented_tasks: Collection[Task | str] = (),
 ) -> DataLoader:
     """A ``DataLoader`` yielding contract batches.
 
@@ -337,6 +338,8 @@ def build_loader(
         pin_memory: pin batch tensors (for CUDA training).
         pad_to_multiple: round the padded batch size up to this multiple (e.g. the backbone stride).
         skip_unreadable: replace unreadable samples, warning (see the module docstring); defaults to ``train``.
+        unaugmented_tasks: tasks whose training inputs are resized and normalised but never flipped or
+            colour-jittered (:meth:`TransformConfig.without_augmentation`), such as a stage's cached crops.
     """
     if batch_size < 1:
         raise ValueError(f"build_loader: batch_size must be >= 1, got {batch_size}")
@@ -356,7 +359,9 @@ def build_loader(
         task = Task(task)
         tasks = [task]
         _check_single_task(samples, task)
-    transforms = {t: build_transforms(t, train=train, config=config) for t in tasks}
+    fixed = {Task(t) for t in unaugmented_tasks}
+    plain = config.without_augmentation()
+    transforms = {t: build_transforms(t, train=train, config=plain if t in fixed else config) for t in tasks}
     skip = train if skip_unreadable is None else skip_unreadable
     dataset = SampleDataset(samples, transforms, class_masks=class_masks, skip_unreadable=skip)
 
@@ -398,11 +403,13 @@ def build_multitask_loader(
     class_masks: ClassMasks | None = None,
     pin_memory: bool = False,
     pad_to_multiple: int = 1,
+    unaugmented_tasks: Collection[Task | str] = (),
 ) -> DataLoader:
     """A loader over several tasks at once, batched by a :class:`MultiTaskBatchSampler`.
 
     The dataset is the concatenation of ``samples_by_task`` in key order (the index space of the
-    sampler). Call ``loader.batch_sampler.set_epoch(epoch)`` at the start of each epoch.
+    sampler). Call ``loader.batch_sampler.set_epoch(epoch)`` at the start of each epoch. The keyword
+    options are :func:`build_loader`'s.
     """
     sampler = MultiTaskBatchSampler(
         samples_by_task,
@@ -426,6 +433,7 @@ def build_multitask_loader(
         class_masks=class_masks,
         pin_memory=pin_memory,
         pad_to_multiple=pad_to_multiple,
+        unaugmented_tasks=unaugmented_tasks,
     )
 
 

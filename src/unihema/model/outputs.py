@@ -139,6 +139,38 @@ class ImageMemory:
 
 
 @dataclass
+class CellInputs:
+    """What SCFE reads of a batch of single-cell crops (:meth:`UniHema.cell_inputs`): the output of the
+    backbone and E_I, before the cell feature is pooled.
+
+    Like :class:`ImageMemory` it depends on the crops and the image path only, so a stage that freezes
+    ``B`` and ``E_I`` but trains SCFE and the cell heads can compute it once per crop
+    (:class:`unihema.train.image_cache.ImageMemoryCache`).
+
+    Attributes:
+        memory: (B, S, M) the E_I memory over all levels.
+        memory_padding: (B, S) bool, True on padded positions.
+        tokens: (B, T, C) the second token set SCFE reads (the last backbone level, or the first projected
+            level; ``hemaformer.scfe_inputs``).
+        token_padding: (B, T) bool, True on padded positions.
+    """
+
+    memory: Tensor
+    memory_padding: Tensor
+    tokens: Tensor
+    token_padding: Tensor
+
+    def __len__(self) -> int:
+        return int(self.memory.shape[0])
+
+    def __getitem__(self, rows: slice) -> CellInputs:
+        """The inputs of a slice of the batch's crops (micro-batches slice batches this way)."""
+        return CellInputs(
+            self.memory[rows], self.memory_padding[rows], self.tokens[rows], self.token_padding[rows]
+        )
+
+
+@dataclass
 class TextOutput:
     """VQA and masked sentences.
 

@@ -26,6 +26,7 @@ from unihema.model.image_decoder import ImageDecoder
 from unihema.model.image_encoder import ImageEncoder
 from unihema.model.outputs import (
     BoxOutput,
+    CellInputs,
     CellOutput,
     DenoisingOutput,
     DetectionOutput,
@@ -120,6 +121,7 @@ class UniHema(nn.Module):
         image_mask: Tensor | None = None,
         text_memory: str = "fused",
         image_memory: ImageMemory | None = None,
+        cell_inputs: CellInputs | None = None,
     ) -> ModelOutput:
         """Run one task-homogeneous batch (the caller groups mixed tasks; see ``docs/architecture.md``).
 
@@ -135,6 +137,9 @@ class UniHema(nn.Module):
             image_memory: vqa / mlm with the fused memory only: :meth:`image_memory` of these ``images``,
                 computed earlier (a stage whose image path is frozen caches it); the image path is then
                 not run again.
+            cell_inputs: classification / cell_morphology only: :meth:`cell_inputs` of these ``images``,
+                computed earlier (a stage that freezes ``B`` and ``E_I`` caches it); only SCFE and the cell
+                heads then run.
 
         Returns (fields and shapes in :mod:`unihema.model.outputs`):
             detection / fov_morphology: :class:`DetectionOutput` (FoV morphology fills ``attributes``;
@@ -146,9 +151,11 @@ class UniHema(nn.Module):
         _check_text_memory(text_memory, task)
         if image_memory is not None:
             _check_image_memory(image_memory, task, text_memory, images.shape[0])
+        if cell_inputs is not None:
+            _check_cell_inputs(cell_inputs, task, images.shape[0])
         image_mask = self._image_mask(images, image_mask)
         if task in (Task.CLASSIFICATION, Task.CELL_MORPHOLOGY):
-            return self._forward_cell(images, image_mask)
+            return self._forward_cell(images, image_mask, cell_inputs)
         prompts = self._check_prompts(task, prompts, images.shape[0])
         if task.is_text:
             return self._forward_text(images, image_mask, prompts, targets, text_memory, image_memory)
@@ -194,18 +201,36 @@ class UniHema(nn.Module):
         ids, mask = self.text.tokenize(prompts, device)
         return self.text.encode(ids, mask), mask
 
-    def _cell_feature(self, backbone: list[Tensor], projected: list[Tensor], masks: list[Tensor]) -> Tensor:
-        """E_I on the projected levels, then SCFE -> the cell feature E_Z (B, M)."""
+    def _scfe_inputs(
+        self, backbone: list[Tensor], projected: list[Tensor], masks: list[Tensor]
+    ) -> CellInputs:
+        """E_I on the projected levels and the second token set SCFE reads (:class:`CellInputs`)."""
         encoded = self._encode(projected, masks)
         if self.scfe.inputs == "encoder_mean+backbone_c5":
             top = len(backbone) - 1
             tokens, padding = backbone[top].flatten(2).transpose(1, 2), masks[top].flatten(1)
         else:
             tokens, padding = projected[0].flatten(2).transpose(1, 2), masks[0].flatten(1)
-        return self.scfe(encoded.memory, encoded.padding_mask, tokens, padding)
+        return CellInputs(encoded.memory, encoded.padding_mask, tokens, padding)
 
-    def _forward_cell(self, images: Tensor, image_mask: Tensor) -> CellOutput:
-        features = self._cell_feature(*self._features(images, image_mask))
+    def _cell_feature(self, backbone: list[Tensor], projected: list[Tensor], masks: list[Tensor]) -> Tensor:
+        """E_I on the projected levels, then SCFE -> the cell feature E_Z (B, M)."""
+        return self._pool_cell(self._scfe_inputs(backbone, projected, masks))
+
+    def _pool_cell(self, inputs: CellInputs) -> Tensor:
+        return self.scfe(inputs.memory, inputs.memory_padding, inputs.tokens, inputs.token_padding)
+
+    def cell_inputs(self, images: Tensor, image_mask: Tensor | None = None) -> CellInputs:
+        """What SCFE reads of single-cell crops (backbone and E_I), before it pools the cell feature; see
+        :class:`CellInputs`."""
+        return self._scfe_inputs(*self._features(images, self._image_mask(images, image_mask)))
+
+    def _forward_cell(
+        self, images: Tensor, image_mask: Tensor, inputs: CellInputs | None = None
+    ) -> CellOutput:
+        if inputs is None:
+            inputs = self._scfe_inputs(*self._features(images, image_mask))
+        features = self._pool_cell(inputs)
         return CellOutput(
             features=features,
             class_logits=self.cell_class_head(features),
@@ -401,6 +426,15 @@ def _check_image_memory(memory: ImageMemory, task: Task, text_memory: str, batch
         )
     if len(memory) != batch:
         raise ValueError(f"image_memory holds {len(memory)} images, the batch {batch}")
+
+
+def _check_cell_inputs(inputs: CellInputs, task: Task, batch: int) -> None:
+    if task not in (Task.CLASSIFICATION, Task.CELL_MORPHOLOGY):
+        raise ValueError(
+            f"cell_inputs feed SCFE: they apply to classification and cell_morphology, not {task.value!r}"
+        )
+    if len(inputs) != batch:
+        raise ValueError(f"cell_inputs hold {len(inputs)} crops, the batch {batch}")
 
 
 def _check_text_memory(text_memory: str, task: Task) -> None:

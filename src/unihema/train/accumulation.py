@@ -38,7 +38,7 @@ from torch import nn
 
 from unihema.data.schema import UNKNOWN, Task
 from unihema.data.vocab import CELL_ATTRIBUTES
-from unihema.model.outputs import ImageMemory
+from unihema.model.outputs import CellInputs, ImageMemory
 from unihema.train import distributed as dist_utils
 from unihema.train.losses import TEXT_IGNORE_INDEX, UniHemaCriterion
 
@@ -68,7 +68,7 @@ def split_batch(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
     return [
         {
             key: value[start : start + size]
-            if isinstance(value, torch.Tensor | list | ImageMemory)
+            if isinstance(value, torch.Tensor | list | ImageMemory | CellInputs)
             else value
             for key, value in batch.items()
         }
@@ -79,10 +79,11 @@ def split_batch(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
 def forward_batch(model: nn.Module, batch: dict[str, Any], text_memory: str = "fused") -> Any:
     """The model's forward of one collated batch (or pass); the stage's ``text_memory`` is passed only
     when it is not the default, so models without the option still run, and so is a cached
-    ``batch["image_memory"]`` (:mod:`unihema.train.image_cache`)."""
+    ``batch["image_memory"]`` or ``batch["cell_inputs"]`` (:mod:`unihema.train.image_cache`)."""
     options: dict[str, Any] = {} if text_memory == "fused" else {"text_memory": text_memory}
-    if batch.get("image_memory") is not None:
-        options["image_memory"] = batch["image_memory"]
+    for key in ("image_memory", "cell_inputs"):
+        if batch.get(key) is not None:
+            options[key] = batch[key]
     return model(
         batch["images"], batch["task"], batch["prompts"], batch["targets"], batch["image_mask"], **options
     )

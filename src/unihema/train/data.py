@@ -27,6 +27,7 @@ import torch
 from unihema.data.schema import SYNTHETIC_DATASET, ReadResult, Sample, Task
 from unihema.data.vocab import DETECTION_CLASSES, detection_index
 from unihema.train.distributed import DistributedContext
+from unihema.train.image_cache import cached_tasks
 from unihema.train.stages import StageConfig, TrainConfig
 
 DATASETS_ENV = "UNIHEMA_DATASETS"
@@ -287,11 +288,10 @@ def build_stage_loader(
     k = {task: stage.k_of(task) for task in samples}
     workers = config.data.num_workers if num_workers is None else num_workers
     transforms = config.data.transform_config()
-    if stage.image_cache:
-        # A cached image memory stands for one exact input: an augmented crop would be a new one.
-        transforms = transforms.without_augmentation()
+    # A cached row stands for one exact input: an augmented crop would be a new one.
+    unaugmented = cached_tasks(list(samples)) if stage.image_cache else []
     loader = build_multitask_loader(
-        samples, k, train=True, num_workers=workers, mode=stage.mode,
+        samples, k, train=True, num_workers=workers, mode=stage.mode, unaugmented_tasks=unaugmented,
         dataset_weights=stage.dataset_weights(), seed=config.seed + index,
         rank=context.rank, world_size=context.world_size, transform_config=transforms,
         class_masks=None, pin_memory=context.device.type == "cuda", pad_to_multiple=config.data.pad_to_multiple,

@@ -1,35 +1,54 @@
-"""The image-memory cache of text stages whose image path is frozen (``StageConfig.image_cache``).
+"""The cache of frozen image paths (``StageConfig.image_cache``).
 
 In a VQA / masked-sentence step the image path (backbone, input projection, E_I and SCFE) takes most of
 the time, about four fifths in a ``tiny`` step at 96 px, although stages such as the paper's steps 2 and
 6 freeze it: it then maps the same crop to the same :class:`~unihema.model.outputs.ImageMemory` every
-time it is drawn. :class:`ImageMemoryCache` computes that memory once per distinct input and hands it to
-the model's forward (``image_memory=``), so only E_T, CMF and D_T run again. Entries are keyed by the
+time it is drawn. In the same way a stage that fits SCFE and the cell heads on a frozen backbone and E_I
+(the demo's step 5) maps each single-cell crop to the same :class:`~unihema.model.outputs.CellInputs`.
+:class:`ImageMemoryCache` computes such rows once per distinct input and hands them to the model's forward
+(``image_memory=`` / ``cell_inputs=``), so only the trained modules run again. Entries are keyed by the
 input's pixels (a digest of the image tensor and its padding mask, so two samples of the same crop share
 one entry and a changed crop never reads a stale one) and live for one stage.
 
-What the cache needs, and the stage configuration checks: every task of the stage is vqa or mlm with the
-fused memory, the stage trains none of the groups the memory comes from (``B``, ``E_I``, ``SCFE``), and
-the stage's inputs are not augmented (the trainer turns flips and colour jitter off for it), since an
-augmented crop is a new input each time. Frozen groups run in ``eval()`` mode, so an entry is exactly
-what the forward would compute (up to the float rounding of a different batch composition).
+What the cache needs, and the stage configuration checks: the stage trains none of the groups the cached
+rows come from (``B``, ``E_I`` and, for the text tasks, ``SCFE``), and the cached tasks' inputs are not
+augmented (the trainer turns flips and colour jitter off for them), since an augmented crop is a new input
+each time. Frozen groups run in ``eval()`` mode, so an entry is exactly what the forward would compute (up
+to the float rounding of a different batch composition).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
-from unihema.model.outputs import ImageMemory
+from unihema.data.schema import Task
+from unihema.model.outputs import CellInputs, ImageMemory
 
 logger = logging.getLogger(__name__)
 
-#: Groups the image memory is computed by: a stage with ``image_cache`` must freeze them.
+#: Groups the image memory is computed by: a stage with ``image_cache`` and text tasks must freeze them.
 IMAGE_MEMORY_GROUPS: tuple[str, ...] = ("B", "E_I", "SCFE")
+
+#: Groups the single-cell inputs of SCFE are computed by: a stage with ``image_cache`` and single-cell
+#: tasks must freeze them.
+CELL_INPUT_GROUPS: tuple[str, ...] = ("B", "E_I")
+
+#: Single-cell tasks whose SCFE inputs a stage's cache holds.
+CELL_TASKS: tuple[Task, ...] = (Task.CLASSIFICATION, Task.CELL_MORPHOLOGY)
+
+
+def cached_tasks(tasks: Sequence[Task]) -> list[Task]:
+    """The tasks of a stage whose inputs an ``image_cache`` serves: text tasks (image memory) and
+    single-cell tasks (SCFE inputs); detection, FoV morphology and segmentation always run uncached."""
+    return [task for task in tasks if task.is_text or task in CELL_TASKS]
+
 
 #: Share of the memory available at the start of a stage that its cache may fill.
 CACHE_MEMORY_SHARE = 0.25
@@ -37,7 +56,22 @@ CACHE_MEMORY_SHARE = 0.25
 #: What the share is taken of where the available memory is unknown.
 DEFAULT_CACHE_BYTES = 4 * 2**30
 
-MemoryFunction = Callable[[Tensor, Tensor], ImageMemory]
+Rows = TypeVar("Rows", ImageMemory, CellInputs)
+MemoryFunction = Callable[[Tensor, Tensor], ImageMemory | CellInputs]
+
+
+def _cat(rows: Sequence[Rows]) -> Rows:
+    """Rows of one kind stacked into one batch, field by field (``None`` fields stay ``None``)."""
+    first = rows[0]
+    values = {}
+    for field in dataclasses.fields(first):
+        parts = [getattr(row, field.name) for row in rows]
+        values[field.name] = None if parts[0] is None else torch.cat(parts)
+    return type(first)(**values)
+
+
+def _tensors(row: ImageMemory | CellInputs) -> list[Tensor]:
+    return [t for t in (getattr(row, f.name) for f in dataclasses.fields(row)) if t is not None]
 
 
 def input_keys(images: Tensor, image_mask: Tensor) -> list[bytes]:
@@ -53,10 +87,11 @@ def input_keys(images: Tensor, image_mask: Tensor) -> list[bytes]:
 
 
 class ImageMemoryCache:
-    """Per-input :class:`ImageMemory` rows, filled on demand up to ``max_bytes``.
+    """Per-input rows (:class:`ImageMemory` or :class:`CellInputs`), filled on demand up to ``max_bytes``.
 
     Args:
-        compute: the image path, ``model.image_memory`` (run without gradients on the inputs missing).
+        compute: the frozen image path, ``model.image_memory`` or ``model.cell_inputs`` (run without
+            gradients on the inputs missing); one cache holds the rows of one of them.
         max_bytes: what the stored rows may take; past it, inputs not yet stored are computed every time
             (logged once).
     """
@@ -69,14 +104,16 @@ class ImageMemoryCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self._rows: dict[bytes, ImageMemory] = {}
+        self._rows: dict[bytes, ImageMemory | CellInputs] = {}
         self._full_logged = False
 
     def __len__(self) -> int:
         return len(self._rows)
 
-    def lookup(self, images: Tensor, image_mask: Tensor, keys: list[bytes] | None = None) -> ImageMemory:
-        """The batch's image memory, its rows from the cache where stored; ``keys``: :func:`input_keys`
+    def lookup(
+        self, images: Tensor, image_mask: Tensor, keys: list[bytes] | None = None
+    ) -> ImageMemory | CellInputs:
+        """The batch's rows (image memory or SCFE inputs), from the cache where stored; ``keys``: :func:`input_keys`
         of the batch (computed here when None)."""
         keys = input_keys(images, image_mask) if keys is None else keys
         if len(keys) != images.shape[0]:
@@ -85,7 +122,7 @@ class ImageMemoryCache:
         for row, key in enumerate(keys):
             first.setdefault(key, row)
         missing = [row for key, row in first.items() if key not in self._rows]
-        fresh: dict[bytes, ImageMemory] = {}
+        fresh: dict[bytes, ImageMemory | CellInputs] = {}
         if missing:
             index = torch.tensor(missing, device=images.device)
             with torch.no_grad():
@@ -95,13 +132,10 @@ class ImageMemoryCache:
                 self._store(keys[row], fresh[keys[row]])
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        rows = [fresh[key] if key in fresh else self._rows[key] for key in keys]
-        cells = None if rows[0].cell is None else torch.cat([r.cell for r in rows])  # type: ignore[misc]
-        return ImageMemory(torch.cat([r.tokens for r in rows]), torch.cat([r.padding for r in rows]), cells)
+        return _cat([fresh[key] if key in fresh else self._rows[key] for key in keys])
 
-    def _store(self, key: bytes, row: ImageMemory) -> None:
-        parts = [t for t in (row.tokens, row.padding, row.cell) if t is not None]
-        size = sum(t.numel() * t.element_size() for t in parts)
+    def _store(self, key: bytes, row: ImageMemory | CellInputs) -> None:
+        size = sum(t.numel() * t.element_size() for t in _tensors(row))
         if self.bytes + size > self.max_bytes:
             if not self._full_logged:
                 logger.info(
@@ -111,6 +145,12 @@ class ImageMemoryCache:
                 self._full_logged = True
             return
         # Clones, so a stored row does not keep its whole batch's tensors alive.
-        cell = None if row.cell is None else row.cell.clone()
-        self._rows[key] = ImageMemory(row.tokens.clone(), row.padding.clone(), cell)
+        self._rows[key] = dataclasses.replace(
+            row,
+            **{
+                f.name: getattr(row, f.name).clone()
+                for f in dataclasses.fields(row)
+                if getattr(row, f.name) is not None
+            },
+        )
         self.bytes += size

@@ -21,7 +21,13 @@ from unihema.train import distributed as dist_utils
 from unihema.train.checkpoint import Progress, progress_to_state, set_rng_state
 from unihema.train.data import CorpusCache, StageData, build_stage_loader
 from unihema.train.history import MetricsWindow
-from unihema.train.image_cache import CACHE_MEMORY_SHARE, DEFAULT_CACHE_BYTES, ImageMemoryCache
+from unihema.train.image_cache import (
+    CACHE_MEMORY_SHARE,
+    CELL_TASKS,
+    DEFAULT_CACHE_BYTES,
+    ImageMemoryCache,
+    cached_tasks,
+)
 from unihema.train.memory import plan_memory
 from unihema.train.optim import apply_freezing, build_optimizer, build_scheduler, stage_total_steps
 from unihema.train.resources import Machine
@@ -47,7 +53,9 @@ class StageRun:
         micro_batch: images per forward/backward pass, per task (a task batch larger than that runs in
             several passes whose gradients add up).
         window: running sums since the last ``metrics.csv`` row.
-        image_cache: the stage's image-memory cache (``StageConfig.image_cache``), or None.
+        image_cache: the stage's image-memory cache for its text tasks (``StageConfig.image_cache``), or
+            None.
+        cell_cache: the stage's cache of SCFE inputs for its single-cell tasks, or None.
     """
 
     stage: StageConfig
@@ -62,6 +70,7 @@ class StageRun:
     micro_batch: dict[Task, int] = field(default_factory=dict)
     window: MetricsWindow = field(default_factory=MetricsWindow)
     image_cache: ImageMemoryCache | None = None
+    cell_cache: ImageMemoryCache | None = None
 
     @property
     def sampler(self) -> Any:
@@ -139,16 +148,28 @@ def prepare_stage(
     ddp_model = dist_utils.wrap_model(model, context)
     optimizer = build_optimizer(model, stage)
     scheduler = build_scheduler(optimizer, stage, total_steps, steps_per_epoch)
-    cache = None
+    memory_cache = cell_cache = None
     if stage.image_cache:
+        cached = cached_tasks(list(stage.tasks))
+        kinds = {
+            "image memory": any(t.is_text for t in cached),
+            "SCFE inputs": any(t in CELL_TASKS for t in cached),
+        }
         room = (machine or Machine()).available_memory(context.device)
-        limit = int((room if room is not None else DEFAULT_CACHE_BYTES) * CACHE_MEMORY_SHARE)
-        cache = ImageMemoryCache(model.image_memory, limit)
+        # The share is split between the kinds of rows the stage caches.
+        limit = int(
+            (room if room is not None else DEFAULT_CACHE_BYTES) * CACHE_MEMORY_SHARE / sum(kinds.values())
+        )
+        if kinds["image memory"]:
+            memory_cache = ImageMemoryCache(model.image_memory, limit)
+        if kinds["SCFE inputs"]:
+            cell_cache = ImageMemoryCache(model.cell_inputs, limit)
         logger.info(
-            "stage %s: image memory cached per input (up to %.0f MB); its inputs are not augmented",
-            stage.name, limit / 2**20,
+            "stage %s: %s cached per input (up to %.0f MB each) for %s, whose inputs are not augmented",
+            stage.name, " and ".join(k for k, on in kinds.items() if on), limit / 2**20,
+            ", ".join(t.value for t in cached),
         )  # fmt: skip
     return StageRun(
         stage, index, model, ddp_model, data, optimizer, scheduler, total_steps, steps_per_epoch,
-        plan.micro_batch, image_cache=cache,
+        plan.micro_batch, image_cache=memory_cache, cell_cache=cell_cache,
     )  # fmt: skip

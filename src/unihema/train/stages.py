@@ -55,7 +55,7 @@ from unihema.train.config_sections import (
     validate_data,
     validate_runtime,
 )
-from unihema.train.image_cache import IMAGE_MEMORY_GROUPS
+from unihema.train.image_cache import CELL_INPUT_GROUPS, IMAGE_MEMORY_GROUPS, cached_tasks
 from unihema.train.losses import LossConfig
 from unihema.validation import is_int, is_number
 
@@ -103,11 +103,14 @@ class StageConfig:
             image-and-text states, as the model answers; ``"text"``, the T5 encoder's states alone, so the
             image path is skipped (about a fifth of the cost of a ``tiny`` VQA step): plain text-to-text
             pre-training of ``E_T`` and ``D_T``; every task of such a stage must be vqa or mlm.
-        image_cache: compute what CMF reads of each distinct input crop once and reuse it for the rest of
-            the stage (:mod:`unihema.train.image_cache`), so a step runs only E_T, CMF and D_T; a ``tiny``
-            VQA step at 96 px costs about a quarter. Needs a stage of vqa / mlm tasks with the fused
-            memory that trains none of ``B``, ``E_I``, ``SCFE``; the stage's inputs are then not
-            augmented (no flips or colour jitter), since an augmented crop is a new input every time.
+        image_cache: compute what the frozen image path gives each distinct input crop once and reuse it
+            for the rest of the stage (:mod:`unihema.train.image_cache`): for vqa / mlm what CMF reads, so
+            a step runs only E_T, CMF and D_T (a ``tiny`` VQA step at 96 px costs about a quarter); for
+            classification / cell_morphology what SCFE reads, so a step runs only SCFE and the cell heads.
+            Needs at least one such task; text tasks need the fused memory and ``B``, ``E_I``, ``SCFE``
+            frozen, single-cell tasks ``B`` and ``E_I`` frozen. The cached tasks' inputs are then not
+            augmented (no flips or colour jitter), since an augmented crop is a new input every time;
+            the stage's other tasks (detection, FoV morphology, segmentation) run as without the cache.
     """
 
     name: str
@@ -240,21 +243,26 @@ class StageConfig:
             self.image_cache,
         )
         if self.image_cache:
+            cached = cached_tasks(list(self.tasks))
             _require(
-                not vision,
+                bool(cached),
                 f"{where}.image_cache",
-                f"applies to vqa and mlm stages only; the stage also has {vision}",
+                f"applies to vqa, mlm, classification and cell_morphology; the stage has only {vision}",
             )
-            _require(
-                self.text_memory == "fused",
-                f"{where}.image_cache",
-                f"caches the image path, which text_memory={self.text_memory!r} does not run; drop one of them",
-            )
-            trained = [g for g in IMAGE_MEMORY_GROUPS if g in self.trainable_groups]
+            text = [t for t in cached if t.is_text]
+            if text:
+                _require(
+                    self.text_memory == "fused",
+                    f"{where}.image_cache",
+                    f"caches the image path, which text_memory={self.text_memory!r} does not run; drop one of them",
+                )
+            needed = IMAGE_MEMORY_GROUPS if text else CELL_INPUT_GROUPS
+            trained = [g for g in needed if g in self.trainable_groups]
             _require(
                 not trained,
                 f"{where}.image_cache",
-                f"needs the image path frozen, but the stage trains {trained}",
+                f"needs the image path of {[t.value for t in cached]} frozen ({', '.join(needed)}), but the "
+                f"stage trains {trained}",
             )
         self.scheduler.validate(f"{where}.scheduler")
 

@@ -82,7 +82,7 @@ from unihema.train.history import (
     remove_logging,
     write_training_record,
 )
-from unihema.train.image_cache import input_keys
+from unihema.train.image_cache import CELL_TASKS, input_keys
 from unihema.train.losses import LOSS_FAMILIES, UniHemaCriterion
 from unihema.train.optim import apply_freezing, build_optimizer, stage_total_steps
 from unihema.train.resources import Machine, worker_count
@@ -305,12 +305,12 @@ class Trainer:
             "stage %s finished after %d steps in %.1f s%s",
             stage.name, progress.stage_step, progress.stage_seconds, budget,
         )  # fmt: skip
-        if run.image_cache is not None:
-            cache = run.image_cache
-            logger.info(
-                "stage %s: image memory of %d inputs cached, %d of %d lookups served from the cache",
-                stage.name, len(cache), cache.hits, cache.hits + cache.misses,
-            )  # fmt: skip
+        for what, cache in (("image memory", run.image_cache), ("SCFE inputs", run.cell_cache)):
+            if cache is not None:
+                logger.info(
+                    "stage %s: %s of %d inputs cached, %d of %d lookups served from the cache",
+                    stage.name, what, len(cache), cache.hits, cache.hits + cache.misses,
+                )  # fmt: skip
         progress.stage_seconds = 0.0
 
     def _budget_spent(self, stage: StageConfig, progress: Progress) -> bool:
@@ -389,7 +389,8 @@ class Trainer:
 
     def _on_device(self, run: StageRun, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch`` with its images, padding mask and targets on the device; detection targets get the
-        ``class_mask`` of their dataset; with the stage's image cache, the batch's ``image_memory``."""
+        ``class_mask`` of their dataset; with the stage's image cache, the batch's ``image_memory`` (text
+        tasks) or ``cell_inputs`` (single-cell tasks)."""
         task: Task = batch["task"]
         targets = to_device(batch["targets"], self.device)
         if task.has_boxes:
@@ -400,10 +401,13 @@ class Trainer:
         images = batch["images"].to(self.device, non_blocking=True)
         image_mask = batch["image_mask"].to(self.device, non_blocking=True)
         moved = {**batch, "images": images, "image_mask": image_mask, "targets": targets}
-        if run.image_cache is not None:
+        cache, key = (
+            (run.cell_cache, "cell_inputs") if task in CELL_TASKS else (run.image_cache, "image_memory")
+        )
+        if cache is not None and (task.is_text or task in CELL_TASKS):
             keys = input_keys(batch["images"], batch["image_mask"])
             with autocast_factory(self.device, self.config.runtime.precision)():
-                moved["image_memory"] = run.image_cache.lookup(images, image_mask, keys)
+                moved[key] = cache.lookup(images, image_mask, keys)
         return moved
 
     # ------------------------------------------------------------------------------ logging, ckpt

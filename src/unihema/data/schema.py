@@ -61,6 +61,11 @@ class Task(str, enum.Enum):
     def has_boxes(self) -> bool:
         return self in (Task.DETECTION, Task.FOV_MORPHOLOGY)
 
+    @property
+    def is_single_cell(self) -> bool:
+        """Classification and cell morphology: one cropped cell per input, read through SCFE."""
+        return self in (Task.CLASSIFICATION, Task.CELL_MORPHOLOGY)
+
 
 class ImageRef(Protocol):
     """Anything that can produce an RGB PIL image on demand."""

@@ -154,7 +154,7 @@ class UniHema(nn.Module):
         if cell_inputs is not None:
             _check_cell_inputs(cell_inputs, task, images.shape[0])
         image_mask = self._image_mask(images, image_mask)
-        if task in (Task.CLASSIFICATION, Task.CELL_MORPHOLOGY):
+        if task.is_single_cell:
             return self._forward_cell(images, image_mask, cell_inputs)
         prompts = self._check_prompts(task, prompts, images.shape[0])
         if task.is_text:
@@ -429,7 +429,7 @@ def _check_image_memory(memory: ImageMemory, task: Task, text_memory: str, batch
 
 
 def _check_cell_inputs(inputs: CellInputs, task: Task, batch: int) -> None:
-    if task not in (Task.CLASSIFICATION, Task.CELL_MORPHOLOGY):
+    if not task.is_single_cell:
         raise ValueError(
             f"cell_inputs feed SCFE: they apply to classification and cell_morphology, not {task.value!r}"
         )

@@ -40,14 +40,11 @@ IMAGE_MEMORY_GROUPS: tuple[str, ...] = ("B", "E_I", "SCFE")
 #: tasks must freeze them.
 CELL_INPUT_GROUPS: tuple[str, ...] = ("B", "E_I")
 
-#: Single-cell tasks whose SCFE inputs a stage's cache holds.
-CELL_TASKS: tuple[Task, ...] = (Task.CLASSIFICATION, Task.CELL_MORPHOLOGY)
-
 
 def cached_tasks(tasks: Sequence[Task]) -> list[Task]:
     """The tasks of a stage whose inputs an ``image_cache`` serves: text tasks (image memory) and
     single-cell tasks (SCFE inputs); detection, FoV morphology and segmentation always run uncached."""
-    return [task for task in tasks if task.is_text or task in CELL_TASKS]
+    return [task for task in tasks if task.is_text or task.is_single_cell]
 
 
 #: Share of the memory available at the start of a stage that its cache may fill.
@@ -60,18 +57,16 @@ Rows = TypeVar("Rows", ImageMemory, CellInputs)
 MemoryFunction = Callable[[Tensor, Tensor], ImageMemory | CellInputs]
 
 
+def _fields(row: ImageMemory | CellInputs) -> dict[str, Tensor]:
+    """The row's tensors by field name, ``None`` fields left out."""
+    values = {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def _cat(rows: Sequence[Rows]) -> Rows:
     """Rows of one kind stacked into one batch, field by field (``None`` fields stay ``None``)."""
-    first = rows[0]
-    values = {}
-    for field in dataclasses.fields(first):
-        parts = [getattr(row, field.name) for row in rows]
-        values[field.name] = None if parts[0] is None else torch.cat(parts)
-    return type(first)(**values)
-
-
-def _tensors(row: ImageMemory | CellInputs) -> list[Tensor]:
-    return [t for t in (getattr(row, f.name) for f in dataclasses.fields(row)) if t is not None]
+    names = _fields(rows[0])
+    return dataclasses.replace(rows[0], **{n: torch.cat([getattr(row, n) for row in rows]) for n in names})
 
 
 def input_keys(images: Tensor, image_mask: Tensor) -> list[bytes]:
@@ -135,7 +130,8 @@ class ImageMemoryCache:
         return _cat([fresh[key] if key in fresh else self._rows[key] for key in keys])
 
     def _store(self, key: bytes, row: ImageMemory | CellInputs) -> None:
-        size = sum(t.numel() * t.element_size() for t in _tensors(row))
+        tensors = _fields(row)
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
         if self.bytes + size > self.max_bytes:
             if not self._full_logged:
                 logger.info(
@@ -145,12 +141,5 @@ class ImageMemoryCache:
                 self._full_logged = True
             return
         # Clones, so a stored row does not keep its whole batch's tensors alive.
-        self._rows[key] = dataclasses.replace(
-            row,
-            **{
-                f.name: getattr(row, f.name).clone()
-                for f in dataclasses.fields(row)
-                if getattr(row, f.name) is not None
-            },
-        )
+        self._rows[key] = dataclasses.replace(row, **{name: t.clone() for name, t in tensors.items()})
         self.bytes += size

@@ -23,7 +23,6 @@ from unihema.train.data import CorpusCache, StageData, build_stage_loader
 from unihema.train.history import MetricsWindow
 from unihema.train.image_cache import (
     CACHE_MEMORY_SHARE,
-    CELL_TASKS,
     DEFAULT_CACHE_BYTES,
     ImageMemoryCache,
     cached_tasks,
@@ -153,7 +152,7 @@ def prepare_stage(
         cached = cached_tasks(list(stage.tasks))
         kinds = {
             "image memory": any(t.is_text for t in cached),
-            "SCFE inputs": any(t in CELL_TASKS for t in cached),
+            "SCFE inputs": any(t.is_single_cell for t in cached),
         }
         room = (machine or Machine()).available_memory(context.device)
         # The share is split between the kinds of rows the stage caches.

@@ -82,7 +82,7 @@ from unihema.train.history import (
     remove_logging,
     write_training_record,
 )
-from unihema.train.image_cache import CELL_TASKS, input_keys
+from unihema.train.image_cache import input_keys
 from unihema.train.losses import LOSS_FAMILIES, UniHemaCriterion
 from unihema.train.optim import apply_freezing, build_optimizer, stage_total_steps
 from unihema.train.resources import Machine, worker_count
@@ -401,10 +401,12 @@ class Trainer:
         images = batch["images"].to(self.device, non_blocking=True)
         image_mask = batch["image_mask"].to(self.device, non_blocking=True)
         moved = {**batch, "images": images, "image_mask": image_mask, "targets": targets}
-        cache, key = (
-            (run.cell_cache, "cell_inputs") if task in CELL_TASKS else (run.image_cache, "image_memory")
-        )
-        if cache is not None and (task.is_text or task in CELL_TASKS):
+        cache, key = None, ""
+        if task.is_single_cell:
+            cache, key = run.cell_cache, "cell_inputs"
+        elif task.is_text:
+            cache, key = run.image_cache, "image_memory"
+        if cache is not None:
             keys = input_keys(batch["images"], batch["image_mask"])
             with autocast_factory(self.device, self.config.runtime.precision)():
                 moved[key] = cache.lookup(images, image_mask, keys)

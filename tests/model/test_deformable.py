@@ -1,4 +1,4 @@
-"""Multi-scale deformable attention: fast grid_sample path vs an explicit bilinear loop."""
+"""Multi-scale deformable attention: the gather and grid_sample cores against an explicit bilinear loop."""
 
 from __future__ import annotations
 
@@ -6,9 +6,16 @@ import pytest
 import torch
 
 from unihema.model import deformable
-from unihema.model.deformable import MultiScaleDeformableAttention, ms_deform_attn, ms_deform_attn_reference
+from unihema.model.deformable import (
+    MultiScaleDeformableAttention,
+    ms_deform_attn,
+    ms_deform_attn_gather,
+    ms_deform_attn_grid_sample,
+    ms_deform_attn_reference,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+CORES = [ms_deform_attn_gather, ms_deform_attn_grid_sample]
 
 
 def _random_inputs(shapes, batch, queries, heads, dim, points, dtype, device, generator):
@@ -25,6 +32,7 @@ def _random_inputs(shapes, batch, queries, heads, dim, points, dtype, device, ge
     return value, spatial_shapes, locations, weights
 
 
+@pytest.mark.parametrize("core", CORES, ids=lambda fn: fn.__name__)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
@@ -35,10 +43,10 @@ def _random_inputs(shapes, batch, queries, heads, dim, points, dtype, device, ge
         ([(8, 8), (4, 4), (2, 2), (1, 1)], 2, 3, 3, 2, 2),
     ],
 )
-def test_fast_path_matches_reference_loop(shapes, batch, queries, heads, dim, points, dtype, device):
+def test_cores_match_reference_loop(shapes, batch, queries, heads, dim, points, dtype, device, core):
     gen = torch.Generator().manual_seed(len(shapes) * 7 + queries)
     args = _random_inputs(shapes, batch, queries, heads, dim, points, dtype, device, gen)
-    fast = ms_deform_attn(*args)
+    fast = core(*args)
     slow = ms_deform_attn_reference(*args)
     assert fast.shape == (batch, queries, heads * dim)
     assert fast.dtype == dtype
@@ -54,9 +62,61 @@ def test_reference_loop_exact_cell_centre_and_outside():
         [[[[[[2.5 / 3, 1.5 / 2]]]], [[[[1.0 / 3, 0.5 / 2]]]], [[[[2.0, 2.0]]]]]], dtype=torch.float64
     )
     weights = torch.ones(1, 3, 1, 1, 1, dtype=torch.float64)
-    for fn in (ms_deform_attn_reference, ms_deform_attn):
+    for fn in (ms_deform_attn_reference, *CORES):
         out = fn(value, shapes, locations, weights)
         assert out[0, :, 0].tolist() == pytest.approx([5.0, 0.5, 0.0])
+
+
+@pytest.mark.parametrize("core", CORES, ids=lambda fn: fn.__name__)
+def test_samples_at_and_beyond_the_edges(core):
+    # A 2x3 map of ones: a sample on the outer edge of a border cell reads half of it (the other half is
+    # the zero outside), one past that reads nothing; so does the gather core at +-inf and NaN.
+    value = torch.ones(1, 6, 1, 1, dtype=torch.float64)
+    shapes = torch.tensor([[2, 3]])
+    xs = [0.0, 1.0, 1.0 + 1 / 3, -1 / 3, 5.0, -3.0]
+    if core is ms_deform_attn_gather:
+        xs += [float("inf"), float("-inf"), float("nan")]
+    locations = torch.tensor([[x, 0.5] for x in xs], dtype=torch.float64).view(1, len(xs), 1, 1, 1, 2)
+    weights = torch.ones(1, len(xs), 1, 1, 1, dtype=torch.float64)
+    out = core(value, shapes, locations, weights)[0, :, 0]
+    assert out.tolist() == pytest.approx([0.5, 0.5] + [0.0] * (len(xs) - 2))
+
+
+def test_gather_and_grid_sample_gradients_agree():
+    # Gradients for all three inputs, float64; random locations are almost surely off the cell borders,
+    # where bilinear interpolation's derivative jumps.
+    gen = torch.Generator().manual_seed(3)
+    args = _random_inputs([(7, 9), (4, 5), (2, 3)], 2, 11, 2, 4, 3, torch.float64, "cpu", gen)
+    upstream = torch.randn(2, 11, 8, dtype=torch.float64, generator=gen)
+    grads = []
+    for core in CORES:
+        leaves = [a.clone().requires_grad_(a.is_floating_point()) for a in args]
+        (core(*leaves) * upstream).sum().backward()
+        grads.append([leaves[i].grad for i in (0, 2, 3)])
+    for gather, grid in zip(*grads, strict=True):
+        assert gather.abs().sum() > 0
+        torch.testing.assert_close(gather, grid, atol=1e-9, rtol=1e-9)
+
+
+def test_gather_falls_back_to_int64_rows(monkeypatch):
+    gen = torch.Generator().manual_seed(4)
+    args = _random_inputs([(5, 6), (3, 3)], 2, 4, 2, 3, 2, torch.float64, "cpu", gen)
+    expected = ms_deform_attn_reference(*args)
+    monkeypatch.setattr(deformable, "_INT32_MAX", 10)  # a table "too large" for int32 row numbers
+    torch.testing.assert_close(ms_deform_attn_gather(*args), expected)
+
+
+def test_default_core_is_gather_and_onnx_export_traces_grid_sample(monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    args = _random_inputs([(4, 4)], 1, 3, 1, 2, 2, torch.float32, "cpu", gen)
+    called = []
+    for name in ("ms_deform_attn_gather", "ms_deform_attn_grid_sample"):
+        core = getattr(deformable, name)
+        monkeypatch.setattr(deformable, name, lambda *a, _n=name, _c=core: called.append(_n) or _c(*a))
+    ms_deform_attn(*args)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    ms_deform_attn(*args)
+    assert called == ["ms_deform_attn_gather", "ms_deform_attn_grid_sample"]
 
 
 def test_core_rejects_mismatched_shapes():

@@ -1,9 +1,18 @@
 """Multi-scale deformable attention (Deformable-DETR's MSDeformAttn) in pure PyTorch.
 
-Bilinear sampling uses ``torch.nn.functional.grid_sample`` (zero padding, ``align_corners=False``),
-so the module runs on any device without a compiled kernel. The parameterisation is the same as
-Deformable-DETR/DINO, so the authors' weights map key by key (``<a>`` = ``self_attn`` in encoder
-layers, ``cross_attn`` in decoder layers):
+Two implementations of the sampling core give the same result (``tests/model/test_deformable.py`` pins
+both to an explicit bilinear loop):
+
+- :func:`ms_deform_attn_gather`, the default: the four neighbouring cells of every sample are looked up
+  in a zero-bordered value table and summed with their bilinear weights times the attention weight in
+  one ``torch.nn.functional.embedding_bag`` call, so no (B*M, D, Q, L*P) intermediate is written;
+- :func:`ms_deform_attn_grid_sample`: ``torch.nn.functional.grid_sample`` per level (zero padding,
+  ``align_corners=False``), then the weighted sum. ONNX export traces this one (``GridSample`` is an
+  ONNX op; ``embedding_bag`` has no compact translation).
+
+Neither needs a compiled kernel. The parameterisation is the same as Deformable-DETR/DINO, so the
+authors' weights map key by key (``<a>`` = ``self_attn`` in encoder layers, ``cross_attn`` in decoder
+layers):
 
 - ``transformer.{encoder,decoder}.layers.{i}.<a>.{sampling_offsets,attention_weights,value_proj,output_proj}.*``
   -> ``<a>.<same>.*``
@@ -23,6 +32,10 @@ from torch import Tensor, nn
 # Low-precision inputs are sampled in float32: bf16 sampling coordinates are off by up to ~0.4 % of
 # the map extent, a visible fraction of a cell on a 100-cell level.
 _SAMPLING_DTYPE = torch.float32
+# The gather path's zero border around each level: one cell before, two after, on both axes. Sample
+# coordinates are clamped to [-1, size] cells, so every corner then reads a real cell or a zero.
+_BORDER_BEFORE, _BORDER_AFTER = 1, 2
+_INT32_MAX = 2**31 - 1
 
 
 def _level_sizes(spatial_shapes: Tensor) -> list[tuple[int, int]]:
@@ -55,6 +68,10 @@ def _check_core_inputs(
     return sizes
 
 
+def _compute_dtype(value: Tensor, sampling_locations: Tensor) -> torch.dtype:
+    return torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), _SAMPLING_DTYPE)
+
+
 def ms_deform_attn(
     value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tensor:
@@ -68,13 +85,91 @@ def ms_deform_attn(
         attention_weights: (B, Q, M, L, P), usually softmax-normalised over (L, P).
 
     Returns:
-        (B, Q, M * D) in the dtype of ``value``.
+        (B, Q, M * D) in the dtype of ``value``. Runs :func:`ms_deform_attn_gather`, or
+        :func:`ms_deform_attn_grid_sample` while an ONNX export traces the model.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
+    return ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+def ms_deform_attn_gather(
+    value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """:func:`ms_deform_attn` as one weighted gather (``embedding_bag``) over a zero-bordered value table.
+
+    Each sample's four neighbouring cells and their weights (bilinear weight times attention weight) are
+    computed on the (B, Q, M, L, P) grid, then ``embedding_bag`` sums the L*P*4 weighted rows of every
+    (query, head) into its output row. Differentiable in all three tensor arguments.
     """
     sizes = _check_core_inputs(value, spatial_shapes, sampling_locations, attention_weights)
     out_dtype = value.dtype
-    compute_dtype = torch.promote_types(
-        torch.promote_types(value.dtype, sampling_locations.dtype), _SAMPLING_DTYPE
+    dtype = _compute_dtype(value, sampling_locations)
+    device = value.device
+    batch, _, heads, dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    pad = _BORDER_BEFORE + _BORDER_AFTER
+    border = (0, 0, _BORDER_BEFORE, _BORDER_AFTER, _BORDER_BEFORE, _BORDER_AFTER)
+    value_levels = value.to(dtype).split([h * w for h, w in sizes], dim=1)
+    table = torch.cat(
+        [
+            F.pad(level.reshape(batch, h, w, heads * dim), border).view(batch, -1, heads, dim)
+            for level, (h, w) in zip(value_levels, sizes, strict=True)
+        ],
+        dim=1,
+    )  # (B, S', M, D): the flattened table's row of (b, s, m) is (b * S' + s) * M + m
+    rows_per_image = table.shape[1] * heads
+    index_dtype = torch.int32 if batch * rows_per_image <= _INT32_MAX else torch.int64
+
+    extent = torch.tensor(sizes, dtype=dtype, device=device)
+    height, width = extent[:, 0, None], extent[:, 1, None]  # (L, 1): broadcast over P
+    # Pixel coordinates (cell centres at half-integers), clamped so that far-outside samples land in the
+    # border; `where` also sends NaN there, which then reads zeros as grid_sample does.
+    locations = sampling_locations.to(dtype)
+    x = locations[..., 0] * width - 0.5
+    y = locations[..., 1] * height - 0.5
+    x = torch.where(x > -1, x, -1.0).minimum(width)
+    y = torch.where(y > -1, y, -1.0).minimum(height)
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    weight_y = torch.stack((1 - fy, fy), dim=-1) * attention_weights.to(dtype)[..., None]
+    weight_x = torch.stack((1 - fx, fx), dim=-1)
+    weights = weight_y[..., :, None] * weight_x[..., None, :]  # (B, Q, M, L, P, 2, 2) as (dy, dx)
+
+    padded_widths = [w + pad for _, w in sizes]
+    starts = [0]
+    for h, w in sizes[:-1]:
+        starts.append(starts[-1] + (h + pad) * (w + pad))
+    level_width = torch.tensor(padded_widths, dtype=index_dtype, device=device)[:, None]
+    level_start = torch.tensor(starts, dtype=index_dtype, device=device)[:, None]
+    token = (
+        level_start
+        + (y0.to(index_dtype) + _BORDER_BEFORE) * level_width
+        + x0.to(index_dtype)
+        + _BORDER_BEFORE
     )
+    image_row = torch.arange(batch, dtype=index_dtype, device=device).view(batch, 1, 1, 1, 1) * rows_per_image
+    head_row = torch.arange(heads, dtype=index_dtype, device=device).view(1, 1, heads, 1, 1)
+    top_left = token * heads + (image_row + head_row)
+    # Table-row offsets of the four corners (dy, dx) on each level: (L, 2, 2).
+    corners = torch.tensor(
+        [[[0, heads], [w * heads, (w + 1) * heads]] for w in padded_widths], dtype=index_dtype, device=device
+    )
+    index = top_left[..., None, None] + corners[:, None]
+    samples = levels * points * 4
+    output = F.embedding_bag(
+        index.view(-1, samples), table.view(-1, dim), per_sample_weights=weights.view(-1, samples), mode="sum"
+    )
+    return output.view(batch, queries, heads * dim).to(out_dtype)
+
+
+def ms_deform_attn_grid_sample(
+    value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """:func:`ms_deform_attn` with ``grid_sample`` per level (the path ONNX export traces)."""
+    sizes = _check_core_inputs(value, spatial_shapes, sampling_locations, attention_weights)
+    out_dtype = value.dtype
+    compute_dtype = _compute_dtype(value, sampling_locations)
     batch, _, heads, dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
     value_levels = value.to(compute_dtype).split([h * w for h, w in sizes], dim=1)

@@ -43,6 +43,7 @@ bench-speed: $(STAMP)
 	$(PY) benchmarks/bench_training.py --presets tiny fast --det-sizes 128 416 --write-doc docs/benchmarks.md
 	$(PY) benchmarks/bench_training_profile.py --presets tiny fast --size 416 544 --write-doc docs/benchmarks.md
 	$(PY) benchmarks/bench_backbone_layout.py --write-doc docs/benchmarks.md
+	$(PY) benchmarks/bench_deformable.py --write-doc docs/benchmarks.md
 	$(PY) benchmarks/bench_image_cache.py --batch 8 --size 96 --write-doc docs/benchmarks.md
 	$(PY) benchmarks/bench_image_cache.py --task classification --batch 16 --size 96 --write-doc docs/benchmarks.md
 

@@ -32,6 +32,7 @@ from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
 from unihema.data.transforms import TransformConfig
 from unihema.model.presets import PRESETS
 from unihema.model.unihema import UniHema
+from unihema.runtime import keep_freed_memory
 from unihema.train.losses import UniHemaCriterion
 from unihema.train.trainer import _to_device
 
@@ -104,7 +105,7 @@ def markdown(
         f"loading); inputs: detection {' and '.join(map(str, args.det_sizes))} px, segmentation {args.seg_size} px, "
         f"single-cell {args.cls_size} px, text {args.text_size} px (128 px fields and these single-cell and text "
         f"sizes are those of `src/unihema/configs/demo.yaml`; 416 px is the BCCD benchmark's size). Presets of "
-        "a task run one after another on the same batches. torch "
+        f"a task run one after another on the same batches; {args.allocator}. torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()} CPU, load average "
         f"{load:.1f} when the table was written (above the core count means other work shared the CPU; "
         "float32 and bfloat16 of a row run back to back, so their ratio is the robust number).",
@@ -134,10 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cls-size", type=int, default=64)
     parser.add_argument("--text-size", type=int, default=64)
     parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's allocator as it is (default: keep_freed_memory(), as the unihema command trains)",
+    )
+    parser.add_argument(
         "--write-doc", type=Path, help="Markdown file whose training-throughput section is (re)written"
     )
     args = parser.parse_args(argv)
     command = command_line(__file__, argv)
+    args.allocator = (
+        "glibc's default allocator"
+        if args.glibc_default or not keep_freed_memory()
+        else "`keep_freed_memory()` (as the `unihema` command runs)"
+    )
 
     models = {}
     for preset in args.presets:

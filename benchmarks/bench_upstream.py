@@ -43,6 +43,7 @@ from benchmark_doc import command_line, write_section
 
 from unihema.data.schema import Task
 from unihema.model.unihema import UniHema
+from unihema.runtime import keep_freed_memory
 
 SECTION_TITLE = "## Against the authors' code"
 # Modules the authors' files import at load time but their inference path never calls.
@@ -166,8 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1066)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's allocator as it is (default: keep_freed_memory(), as the unihema command runs; "
+        "it is process-wide, so both models share it)",
+    )
     parser.add_argument("--write-doc", type=Path, default=None)
     args = parser.parse_args(argv)
+    allocator = (
+        "glibc's default allocator"
+        if args.glibc_default or not keep_freed_memory()
+        else ("`keep_freed_memory()` for the whole process (both models)")
+    )
     if args.upstream is None or not (args.upstream / "models" / "dino" / "dino.py").is_file():
         print(
             f"skipped: no checkout of intelligentMachines-ITU/Uni-Hema at {args.upstream} "
@@ -218,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{SECTION_TITLE}\n\nCommand: `{command}` (a checkout of commit bf69dde of the public "
             f"repository). One {args.height}x{args.width} input, batch 1, random "
             f"weights, median of {args.repeats} runs after one warm-up, both models alternating precision in one "
-            f"process; torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()} CPU, no "
-            "other job running. The authors' forward runs all of its heads at once; ours runs detection, FoV "
+            f"process; {allocator}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{platform.machine()} CPU, no other job running. The authors' forward runs all of its heads at once; ours runs detection, FoV "
             "morphology and segmentation in one shared pass (not its image-class head or text fusion).\n\n"
             + table
             + "\n"

@@ -106,17 +106,22 @@ def test_gather_falls_back_to_int64_rows(monkeypatch):
     torch.testing.assert_close(ms_deform_attn_gather(*args), expected)
 
 
-def test_default_core_is_gather_and_onnx_export_traces_grid_sample(monkeypatch):
+def test_inference_gathers_while_training_and_onnx_export_use_grid_sample(monkeypatch):
     gen = torch.Generator().manual_seed(5)
-    args = _random_inputs([(4, 4)], 1, 3, 1, 2, 2, torch.float32, "cpu", gen)
+    value, shapes, locations, weights = _random_inputs([(4, 4)], 1, 3, 1, 2, 2, torch.float32, "cpu", gen)
     called = []
     for name in ("ms_deform_attn_gather", "ms_deform_attn_grid_sample"):
         core = getattr(deformable, name)
         monkeypatch.setattr(deformable, name, lambda *a, _n=name, _c=core: called.append(_n) or _c(*a))
-    ms_deform_attn(*args)
+    ms_deform_attn(value, shapes, locations, weights)
+    ms_deform_attn(value, shapes, locations, weights.requires_grad_())
+    with torch.no_grad():
+        ms_deform_attn(value, shapes, locations, weights)
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-    ms_deform_attn(*args)
-    assert called == ["ms_deform_attn_gather", "ms_deform_attn_grid_sample"]
+    ms_deform_attn(value, shapes, locations, weights.detach())
+    assert called == [
+        "ms_deform_attn_gather", "ms_deform_attn_grid_sample", "ms_deform_attn_gather", "ms_deform_attn_grid_sample"
+    ]  # fmt: skip
 
 
 def test_core_rejects_mismatched_shapes():

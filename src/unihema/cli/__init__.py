@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from unihema.runtime import keep_freed_memory
+
 COMMAND_MODULES = ("data", "model", "train", "evaluate", "predict", "demo", "export", "serve")
 
 
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # large tensors reuse freed memory instead of faulting in fresh pages (runtime.py)
     try:
         return int(args.func(args) or 0)
     except (OSError, ValueError, KeyError) as error:  # OSError: a missing file, no permission, a full disk

@@ -3,12 +3,14 @@
 Two implementations of the sampling core give the same result (``tests/model/test_deformable.py`` pins
 both to an explicit bilinear loop):
 
-- :func:`ms_deform_attn_gather`, the default: the four neighbouring cells of every sample are looked up
-  in a zero-bordered value table and summed with their bilinear weights times the attention weight in
-  one ``torch.nn.functional.embedding_bag`` call, so no (B*M, D, Q, L*P) intermediate is written;
-- :func:`ms_deform_attn_grid_sample`: ``torch.nn.functional.grid_sample`` per level (zero padding,
-  ``align_corners=False``), then the weighted sum. ONNX export traces this one (``GridSample`` is an
-  ONNX op; ``embedding_bag`` has no compact translation).
+- :func:`ms_deform_attn_gather`, for inference: the four neighbouring cells of every sample are looked
+  up in a zero-bordered value table and summed with their bilinear weights times the attention weight
+  in one ``torch.nn.functional.embedding_bag`` call, so no (B*M, D, Q, L*P) intermediate is written;
+- :func:`ms_deform_attn_grid_sample`, for training: ``torch.nn.functional.grid_sample`` per level (zero
+  padding, ``align_corners=False``), then the weighted sum; its backward is the faster one. ONNX export
+  traces it too (``GridSample`` is an ONNX op; ``embedding_bag`` has no compact translation).
+
+:func:`ms_deform_attn` picks between them.
 
 Neither needs a compiled kernel. The parameterisation is the same as Deformable-DETR/DINO, so the
 authors' weights map key by key (``<a>`` = ``self_attn`` in encoder layers, ``cross_attn`` in decoder
@@ -85,12 +87,15 @@ def ms_deform_attn(
         attention_weights: (B, Q, M, L, P), usually softmax-normalised over (L, P).
 
     Returns:
-        (B, Q, M * D) in the dtype of ``value``. Runs :func:`ms_deform_attn_gather`, or
-        :func:`ms_deform_attn_grid_sample` while an ONNX export traces the model.
+        (B, Q, M * D) in the dtype of ``value``. Runs :func:`ms_deform_attn_gather` when no gradient is
+        recorded (inference), else :func:`ms_deform_attn_grid_sample`, whose backward is about 2x faster
+        than ``embedding_bag``'s (``docs/benchmarks.md``); also while an ONNX export traces the model.
     """
-    if torch.onnx.is_in_onnx_export():
-        return ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
-    return ms_deform_attn_gather(value, spatial_shapes, sampling_locations, attention_weights)
+    args = (value, spatial_shapes, sampling_locations, attention_weights)
+    records_gradient = torch.is_grad_enabled() and any(t.requires_grad for t in args)
+    if records_gradient or torch.onnx.is_in_onnx_export():
+        return ms_deform_attn_grid_sample(*args)
+    return ms_deform_attn_gather(*args)
 
 
 def ms_deform_attn_gather(

@@ -24,7 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from benchmark_doc import write_section
+from benchmark_doc import add_allocator_option, apply_allocator, command_line, write_section
 
 from unihema.model.unihema import UniHema
 
@@ -75,7 +75,12 @@ def benchmark(presets: list[str], warmup: int, repeats: int) -> dict[tuple[str, 
 
 
 def markdown(
-    results: dict[tuple[str, str, str], float], presets: list[str], warmup: int, repeats: int, command: str
+    results: dict[tuple[str, str, str], float],
+    presets: list[str],
+    warmup: int,
+    repeats: int,
+    command: str,
+    allocator: str,
 ) -> str:
     lines = [
         SECTION_TITLE,
@@ -83,7 +88,7 @@ def markdown(
         f"Command: `{command}`",
         "",
         f"Median wall time of one forward pass (batch 1, {IMAGE_SIZE}x{IMAGE_SIZE} input, eval mode, no gradients) "
-        f"after {warmup} warm-up run(s), {repeats} timed runs; random weights; torch {torch.__version__}, "
+        f"after {warmup} warm-up run(s), {repeats} timed runs; random weights; {allocator}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()} CPU, 1-minute load average "
         f"{os.getloadavg()[0]:.1f} when the table was written (above the core count means other work shared the "
         "CPU and rows may be slower than on an idle machine; float32 and bfloat16 of a row run back to back, "
@@ -107,14 +112,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write-doc", type=Path, help="Markdown file whose latency section is (re)written")
+    add_allocator_option(parser)
     args = parser.parse_args()
+    allocator = apply_allocator(args)
     results = benchmark(args.presets, args.warmup, args.repeats)
-    command = "python benchmarks/bench_model_latency.py"
-    if args.presets != ["tiny", "paper"] or args.warmup != 1 or args.repeats != 3:
-        command += f" --presets {' '.join(args.presets)} --warmup {args.warmup} --repeats {args.repeats}"
-    if args.write_doc:
-        command += f" --write-doc {args.write_doc}"
-    section = markdown(results, args.presets, args.warmup, args.repeats, command)
+    section = markdown(
+        results, args.presets, args.warmup, args.repeats, command_line(__file__, None), allocator
+    )
     print()
     print(section)
     if args.write_doc:

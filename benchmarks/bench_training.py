@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from benchmark_doc import command_line, write_section
+from benchmark_doc import add_allocator_option, apply_allocator, command_line, write_section
 
 from unihema.data.loader import build_loader
 from unihema.data.schema import Task
@@ -32,7 +32,6 @@ from unihema.data.synthetic import SyntheticConfig, SyntheticCorpus
 from unihema.data.transforms import TransformConfig
 from unihema.model.presets import PRESETS
 from unihema.model.unihema import UniHema
-from unihema.runtime import keep_freed_memory
 from unihema.train.losses import UniHemaCriterion
 from unihema.train.trainer import _to_device
 
@@ -134,21 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seg-size", type=int, default=128)
     parser.add_argument("--cls-size", type=int, default=64)
     parser.add_argument("--text-size", type=int, default=64)
-    parser.add_argument(
-        "--glibc-default",
-        action="store_true",
-        help="leave glibc's allocator as it is (default: keep_freed_memory(), as the unihema command trains)",
-    )
+    add_allocator_option(parser)
     parser.add_argument(
         "--write-doc", type=Path, help="Markdown file whose training-throughput section is (re)written"
     )
     args = parser.parse_args(argv)
     command = command_line(__file__, argv)
-    args.allocator = (
-        "glibc's default allocator"
-        if args.glibc_default or not keep_freed_memory()
-        else "`keep_freed_memory()` (as the `unihema` command runs)"
-    )
+    args.allocator = apply_allocator(args)
 
     models = {}
     for preset in args.presets:

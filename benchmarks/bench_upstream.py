@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from benchmark_doc import command_line, write_section
+from benchmark_doc import add_allocator_option, apply_allocator, command_line, write_section
 
 from unihema.data.schema import Task
 from unihema.model.unihema import UniHema
-from unihema.runtime import keep_freed_memory
 
 SECTION_TITLE = "## Against the authors' code"
 # Modules the authors' files import at load time but their inference path never calls.
@@ -167,19 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1066)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--glibc-default",
-        action="store_true",
-        help="leave glibc's allocator as it is (default: keep_freed_memory(), as the unihema command runs; "
-        "it is process-wide, so both models share it)",
-    )
+    add_allocator_option(parser)  # process-wide: both models share it
     parser.add_argument("--write-doc", type=Path, default=None)
     args = parser.parse_args(argv)
-    allocator = (
-        "glibc's default allocator"
-        if args.glibc_default or not keep_freed_memory()
-        else ("`keep_freed_memory()` for the whole process (both models)")
-    )
+    allocator = apply_allocator(args)
     if args.upstream is None or not (args.upstream / "models" / "dino" / "dino.py").is_file():
         print(
             f"skipped: no checkout of intelligentMachines-ITU/Uni-Hema at {args.upstream} "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 import sys
 from pathlib import Path
 
 from unihema.atomic import atomic_write_text
+from unihema.runtime import keep_freed_memory
 
 DOC_HEADER = "# Benchmarks\n"
 
@@ -29,3 +31,20 @@ def write_section(path: Path, title: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     atomic_write_text(path, text.rstrip("\n") + "\n")
+
+
+def add_allocator_option(parser: argparse.ArgumentParser) -> None:
+    """``--glibc-default``: measure without :func:`unihema.runtime.keep_freed_memory`."""
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's allocator as it is (default: keep_freed_memory(), as the unihema command runs; "
+        "it is process-wide)",
+    )
+
+
+def apply_allocator(args: argparse.Namespace) -> str:
+    """Apply the allocator setting ``args`` asks for; returns how a docs section names it."""
+    if args.glibc_default or not keep_freed_memory():
+        return "glibc's default allocator"
+    return "`keep_freed_memory()` for the whole process (as the `unihema` command runs)"

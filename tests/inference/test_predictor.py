@@ -236,3 +236,21 @@ def test_tiled_thick_smear_field_gives_the_cells_of_the_whole_field() -> None:
 
     assert boxes(tiled) == boxes(whole)
     assert np.array_equal(tiled.mask, whole.mask)
+
+
+def test_predict_samples_with_the_gather_core(model: UniHema, monkeypatch) -> None:
+    # Inference records no gradient, so every deformable attention takes the faster gather core; the
+    # grid_sample core (training, ONNX export) must not run.
+    from unihema.model import deformable
+
+    gathered = []
+    gather = deformable.ms_deform_attn_gather
+
+    def refuse(*args):
+        raise AssertionError("predict ran the grid_sample core")
+
+    monkeypatch.setattr(deformable, "ms_deform_attn_grid_sample", refuse)
+    monkeypatch.setattr(deformable, "ms_deform_attn_gather", lambda *a: gathered.append(1) or gather(*a))
+    result = model.predict(_field(), tasks=["detection", "segmentation"], score_threshold=0.0)
+    assert result.image_size == (60, 90)
+    assert gathered  # the encoder's and the decoder's layers

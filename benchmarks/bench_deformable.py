@@ -3,7 +3,7 @@
 Three comparisons, each measured alternately in one run (A B A B ...), so that the ratio survives the
 machine's drift:
 
-1. the sampling core alone, :func:`ms_deform_attn_gather` (the default) against
+1. the sampling core alone, :func:`ms_deform_attn_gather` (inference's) against
    :func:`ms_deform_attn_grid_sample`: a forward at the ``paper`` encoder's shapes for a 800x1066 input
    (every stride-8..64 token a query), and a forward plus backward at the ``tiny`` encoder's training
    shapes (batch 4 of 416x544);
@@ -33,7 +33,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from benchmark_doc import command_line, write_section
+from benchmark_doc import add_allocator_option, command_line, matmul_peak, median_seconds, write_section
 
 from unihema.data.schema import Task
 from unihema.model import deformable
@@ -116,11 +116,15 @@ def core_rows(repeats: int) -> list[tuple[str, dict[str, float]]]:
     return results
 
 
-def _shared_pass(model: UniHema, images: torch.Tensor, precision: str, core: str) -> Callable[[], object]:
-    """One ``forward_fields`` call with the named core swapped in (the attention calls the name at run time)."""
+def _shared_pass(
+    model: UniHema, images: torch.Tensor, precision: str, core: str | None
+) -> Callable[[], object]:
+    """One ``forward_fields`` call with the named core swapped in (the attention calls the name at run
+    time); ``None`` leaves the package's choice."""
 
     def run() -> None:
-        deformable.ms_deform_attn = CORES[core]
+        if core is not None:
+            deformable.ms_deform_attn = CORES[core]
         context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16" else nullcontext()
         with torch.no_grad(), context:
             model.forward_fields(images, [PROMPT], FIELD_TASKS)
@@ -147,35 +151,22 @@ def model_rows(repeats: int) -> list[tuple[str, str, dict[str, float]]]:
     return results
 
 
+def run_child(preset: str, height: int, width: int, precision: str, repeats: int) -> float:
+    """Median seconds of the shared pass with the default core, in this (fresh) process."""
+    torch.manual_seed(0)
+    model = UniHema.from_preset(preset).eval()
+    return median_seconds(_shared_pass(model, torch.randn(1, 3, height, width), precision, None), repeats)
+
+
 def _child(preset: str, height: int, width: int, precision: str, repeats: int, keep: bool) -> float:
-    """Median seconds of the shared pass in a fresh process (with or without keep_freed_memory)."""
-    code = (
-        "import json, statistics, sys, time, torch\n"
-        "from contextlib import nullcontext\n"
-        "from unihema.runtime import keep_freed_memory\n"
-        "from unihema.model.unihema import UniHema\n"
-        "from unihema.data.schema import Task\n"
-        "preset, h, w, precision, repeats, keep = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], "
-        "int(sys.argv[5]), sys.argv[6] == '1'\n"
-        "applied = keep_freed_memory() if keep else False\n"
-        "torch.set_num_threads(int(sys.argv[7]))\n"
-        "torch.manual_seed(0)\n"
-        "model = UniHema.from_preset(preset).eval()\n"
-        "images = torch.randn(1, 3, h, w)\n"
-        "context = torch.autocast('cpu', dtype=torch.bfloat16) if precision == 'bfloat16' else nullcontext()\n"
-        "times = []\n"
-        "with torch.no_grad(), context:\n"
-        "    for i in range(repeats + 1):\n"
-        "        start = time.perf_counter()\n"
-        "        model.forward_fields(images, ['blood cells'], [Task.DETECTION, Task.FOV_MORPHOLOGY, Task.SEGMENTATION])\n"
-        "        if i: times.append(time.perf_counter() - start)\n"
-        "print(json.dumps({'applied': applied, 'seconds': statistics.median(times)}))\n"
-    )
-    args = [preset, str(height), str(width), precision, str(repeats), "1" if keep else "0"]
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args, str(torch.get_num_threads())],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    """:func:`run_child` in a fresh process of this script, with or without keep_freed_memory."""
+    command = [
+        sys.executable, __file__, "--child", preset, str(height), str(width), precision,
+        "--repeats", str(repeats), "--threads", str(torch.get_num_threads()),
+    ]  # fmt: skip
+    if not keep:
+        command.append("--glibc-default")
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     result = json.loads(out)
     if keep and not result["applied"]:
         raise RuntimeError("keep_freed_memory() was not applied in the child (not glibc, or turned off)")
@@ -195,12 +186,6 @@ def allocator_rows(pairs: int, repeats: int) -> list[tuple[str, str, dict[str, f
             print(label, precision, {k: f"{v * 1000:.0f} ms" for k, v in seconds.items()}, flush=True)
             results.append((label, precision, seconds))
     return results
-
-
-def matmul_peak(dtype: torch.dtype, size: int = 4096) -> float:
-    """GFLOP/s of one large square matmul in ``dtype``."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    return 2 * size**3 / alternate({"mm": lambda: a @ b}, 3)["mm"] / 1e9
 
 
 def markdown(cores, models, allocator, peaks, args, command: str) -> str:
@@ -245,9 +230,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--write-doc", type=Path, default=None)
+    add_allocator_option(parser)
+    parser.add_argument(
+        "--child",
+        nargs=4,
+        metavar=("PRESET", "H", "W", "PRECISION"),
+        help="(internal) one allocator-row process",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as the unihema command runs; both arms of the in-process rows share it
+    # As the unihema command runs; both arms of the in-process rows share it.
+    applied = not args.glibc_default and keep_freed_memory()
+    if args.child:
+        preset, height, width, precision = args.child
+        seconds = run_child(preset, int(height), int(width), precision, args.repeats)
+        print(json.dumps({"applied": applied, "seconds": seconds}))
+        return 0
     cores = core_rows(args.repeats)
     models = model_rows(args.repeats)
     allocator = allocator_rows(args.pairs, args.repeats)

@@ -30,16 +30,21 @@ import importlib.abc
 import importlib.machinery
 import platform
 import runpy
-import statistics
 import sys
-import time
 import types
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from benchmark_doc import add_allocator_option, apply_allocator, command_line, write_section
+from benchmark_doc import (
+    add_allocator_option,
+    apply_allocator,
+    command_line,
+    matmul_peak,
+    median_seconds,
+    write_section,
+)
 
 from unihema.data.schema import Task
 from unihema.model.unihema import UniHema
@@ -140,22 +145,6 @@ def build_upstream(root: Path) -> torch.nn.Module:
     config.update(device="cpu", backbone_dir=None, dataset_file="coco", lr_backbone=1e-5)
     model, _, _ = dino.build_dino(argparse.Namespace(**config))
     return model.eval()
-
-
-def median_seconds(run: Any, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def matmul_peak(dtype: torch.dtype, size: int = 4096) -> float:
-    """GFLOP/s of one large square matmul in ``dtype``."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    return 2 * size**3 / median_seconds(lambda: a @ b, 3) / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:

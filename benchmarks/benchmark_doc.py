@@ -1,12 +1,18 @@
-"""Writes one benchmark's section into ``docs/benchmarks.md``, leaving the other sections as they are."""
+"""Pieces the benchmark scripts share: writing one section of ``docs/benchmarks.md`` (the other sections
+stay as they are), the allocator option, and the CPU's matmul peak."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import shlex
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from unihema.atomic import atomic_write_text
 from unihema.runtime import keep_freed_memory
@@ -48,3 +54,20 @@ def apply_allocator(args: argparse.Namespace) -> str:
     if args.glibc_default or not keep_freed_memory():
         return "glibc's default allocator"
     return "`keep_freed_memory()` for the whole process (as the `unihema` command runs)"
+
+
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``run`` after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 4096) -> float:
+    """GFLOP/s of one large square matmul in ``dtype`` (the CPU's peak, measured in the same run)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    return 2 * size**3 / median_seconds(lambda: a @ b, 3) / 1e9

@@ -34,8 +34,9 @@ from unihema.data.vocab import DETECTION_CLASSES, detection_index
 from unihema.evaluate import metrics
 from unihema.evaluate.evaluator import EvalConfig
 from unihema.inference.postprocess import decode_detections
+from unihema.model.config_sections import BACKBONE_NORMS
 from unihema.model.unihema import UniHema
-from unihema.train.losses import UniHemaCriterion
+from unihema.train.losses import CLASS_LOSSES, LossConfig, UniHemaCriterion
 
 SECTION_TITLE = "## BCCD from scratch"
 BCCD_CLASSES = ("rbc", "wbc", "platelet")
@@ -76,10 +77,16 @@ def train_unihema(
     train: list[Sample], test: list[Sample], args: argparse.Namespace, preset: str
 ) -> dict[str, Any]:
     torch.manual_seed(args.seed)
-    model = UniHema.from_preset(preset, vision={"num_queries": args.queries})
-    criterion = UniHemaCriterion()
+    vision: dict[str, Any] = {"num_queries": args.queries}
+    if args.backbone_norm is not None:
+        vision["backbone_norm"] = args.backbone_norm
+    model = UniHema.from_preset(preset, vision=vision)
+    criterion = UniHemaCriterion(
+        LossConfig(class_loss=args.class_loss, encoder_one_to_many=args.encoder_one_to_many)
+    )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4, fused=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bfloat16")
     transforms = TransformConfig(
         det_train_sizes=tuple(args.train_sizes),
         det_eval_size=args.eval_size,
@@ -99,10 +106,11 @@ def train_unihema(
     def loss_of(batch: dict[str, Any], step: int) -> torch.Tensor:
         for target in batch["targets"]:
             target["class_mask"] = mask
-        outputs = model(
-            batch["images"], Task.DETECTION, batch["prompts"], batch["targets"], batch["image_mask"]
-        )
-        return criterion(outputs, batch["targets"], Task.DETECTION)["loss"]
+        with autocast:
+            outputs = model(
+                batch["images"], Task.DETECTION, batch["prompts"], batch["targets"], batch["image_mask"]
+            )
+            return criterion(outputs, batch["targets"], Task.DETECTION)["loss"]
 
     model.train()
     steps = train_for(args.minutes, loader, loss_of, optimizer, params, args.clip)
@@ -137,6 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument(
+        "--precision", choices=["float32", "bfloat16"], default="float32",
+        help="UniHema's training precision (bfloat16: CPU autocast; evaluation runs in float32)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backbone-norm", choices=list(BACKBONE_NORMS), default=None,
+        help="UniHema's ResNet norm layers (default: the preset's, GroupNorm from random weights)",
+    )  # fmt: skip
+    parser.add_argument("--class-loss", choices=list(CLASS_LOSSES), default="focal")
+    parser.add_argument(
+        "--encoder-one-to-many", type=int, default=1,
+        help="encoder proposals each target box supervises (LossConfig.encoder_one_to_many)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--models", nargs="+", default=["tiny", "fast", "faster_rcnn"], choices=["tiny", "fast", "faster_rcnn"],

@@ -261,3 +261,61 @@ def test_denoising_meta_of_the_model_supervises_positives_and_negatives_only() -
         assert per_query[1, base + 1] == 0 and per_query[1, base + max_targets + 1] == 0
         assert per_query[1, base] > 0 and per_query[1, base + max_targets] > 0
         assert torch.all(per_query[0, base : base + 2 * max_targets] > 0)
+
+
+def test_varifocal_class_target_is_the_matched_iou() -> None:
+    target = _target([[0.5, 0.5, 0.2, 0.2]], [2])
+    criterion = UniHemaCriterion(LossConfig(class_loss="varifocal", aux_loss=False))
+    exact = _perfect_outputs(target)
+    # A confident score is right for an exact box and over-confident for a half-overlapping one.
+    assert float(criterion(exact, [target], Task.DETECTION)["loss_class"]) < 1e-3
+    shifted = _perfect_outputs(target)
+    shifted.boxes[0, 0] = torch.tensor([0.6, 0.5, 0.2, 0.2])  # IoU 1/3 with its target
+    focal = UniHemaCriterion(LossConfig(aux_loss=False))
+    over_confident = float(criterion(shifted, [target], Task.DETECTION)["loss_class"])
+    focal_over_confident = float(focal(shifted, [target], Task.DETECTION)["loss_class"])
+    shifted.logits[0, 0, 2] = torch.logit(torch.tensor(1 / 3))
+    calibrated = float(criterion(shifted, [target], Task.DETECTION)["loss_class"])
+    assert calibrated < over_confident
+    # The focal loss wants the confident score whatever the overlap.
+    assert float(focal(shifted, [target], Task.DETECTION)["loss_class"]) > focal_over_confident
+
+
+def test_varifocal_class_loss_gradient_moves_the_score_towards_the_iou() -> None:
+    target = _target([[0.5, 0.5, 0.2, 0.2]], [2])
+    outputs = _perfect_outputs(target)
+    outputs.boxes[0, 0] = torch.tensor([0.6, 0.5, 0.2, 0.2])
+    criterion = UniHemaCriterion(LossConfig(class_loss="varifocal", aux_loss=False))
+    for start, direction in ((3.0, 1.0), (-3.0, -1.0)):  # p 0.95 must fall, p 0.05 must rise to 1/3
+        logits = outputs.logits.detach().clone()
+        logits[0, 0, 2] = start
+        logits.requires_grad_(True)
+        outputs.logits = logits
+        criterion(outputs, [target], Task.DETECTION)["loss_class"].backward()
+        assert float(logits.grad[0, 0, 2]) * direction > 0
+
+
+def test_encoder_one_to_many_supervises_k_proposals_per_target() -> None:
+    target = _target([[0.3, 0.3, 0.2, 0.2]], [1])
+    decoder = _perfect_outputs(target)
+    # Every encoder proposal sits on the target, but only query 0 says so.
+    enc_boxes = target["boxes"].expand(1, 4, 4).clone()
+    enc_logits = torch.full((1, 4, NUM_CLASSES), -CONFIDENT)
+    enc_logits[0, 0, 1] = CONFIDENT
+    decoder.encoder = BoxOutput(enc_logits, enc_boxes)
+    one = UniHemaCriterion(LossConfig(aux_loss=False))(decoder, [target], Task.DETECTION)
+    many = UniHemaCriterion(LossConfig(aux_loss=False, encoder_one_to_many=3))(
+        decoder, [target], Task.DETECTION
+    )
+    # One-to-one: query 0 is the match and the others are right to say background.
+    assert float(one["loss_class_enc"]) < 1e-3
+    # One-to-many: queries 1 and 2 must also claim the cell, so their confident background is wrong.
+    assert float(many["loss_class_enc"]) > 1.0
+    assert float(many["loss_bbox_enc"]) < 1e-6 and float(many["loss_giou_enc"]) < 1e-6
+
+
+def test_loss_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="LossConfig.class_loss"):
+        LossConfig(class_loss="bce")
+    with pytest.raises(ValueError, match="LossConfig.encoder_one_to_many"):
+        LossConfig(encoder_one_to_many=0)

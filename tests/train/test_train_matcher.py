@@ -179,3 +179,44 @@ def test_rejects_bad_inputs() -> None:
         matcher(torch.zeros(1, 2, 3), torch.full((1, 2, 4), 0.5), [{}, {}])
     with pytest.raises(ValueError, match=r"MatcherConfig.cost_\* must not all be 0"):
         MatcherConfig(cost_class=0, cost_bbox=0, cost_giou=0)
+
+
+def test_one_to_many_gives_each_target_its_k_cheapest_free_queries() -> None:
+    generator = torch.Generator().manual_seed(3)
+    targets = _random_boxes(3, generator)
+    # Queries 0-3 are copies of target 0 jittered by growing amounts, 4-7 of target 1; 8-9 are far away.
+    queries = torch.cat(
+        [torch.stack([targets[0] + 0.01 * i for i in range(4)])]
+        + [torch.stack([targets[1] + 0.01 * i for i in range(4)])]
+        + [torch.tensor([[0.05, 0.05, 0.02, 0.02], [0.95, 0.95, 0.02, 0.02]])]
+    )
+    logits = torch.zeros(1, len(queries), 2)
+    target = {"labels": torch.tensor([0, 0, 1]), "boxes": targets}
+    matcher = HungarianMatcher()
+    rows, cols = matcher.one_to_many(logits, queries[None], [target], k=3)[0]
+    assignment = dict(zip(rows.tolist(), cols.tolist()))
+    # Each target's three cheapest queries, each query once; the worst copy of each stays unmatched.
+    assert [q for q, t in assignment.items() if t == 0] == [0, 1, 2]
+    assert [q for q, t in assignment.items() if t == 1] == [4, 5, 6]
+    assert len(set(rows.tolist())) == len(rows)
+    cost = matching_cost(logits[0], queries, target["labels"], targets, MatcherConfig())
+    assert {q for q, t in assignment.items() if t == 2} <= set(
+        cost[:, 2].topk(3, largest=False).indices.tolist()
+    )
+    for q, t in assignment.items():  # a query wanted by two targets goes to the cheaper one
+        wanted_by = [j for j in range(3) if q in cost[:, j].topk(3, largest=False).indices.tolist()]
+        assert t == min(wanted_by, key=lambda j: float(cost[q, j]))
+
+
+def test_one_to_many_with_fewer_queries_than_k_and_no_targets() -> None:
+    boxes = torch.tensor([[[0.3, 0.3, 0.1, 0.1], [0.6, 0.6, 0.1, 0.1]]])
+    logits = torch.zeros(1, 2, 2)
+    matcher = HungarianMatcher()
+    target = {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.3, 0.3, 0.1, 0.1]])}
+    rows, cols = matcher.one_to_many(logits, boxes, [target], k=5)[0]
+    assert rows.tolist() == [0, 1] and cols.tolist() == [0, 0]
+    empty = {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
+    rows, cols = matcher.one_to_many(logits, boxes, [empty], k=2)[0]
+    assert rows.numel() == 0 and cols.numel() == 0
+    with pytest.raises(ValueError, match="one_to_many k"):
+        matcher.one_to_many(logits, boxes, [target], k=0)

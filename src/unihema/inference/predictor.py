@@ -35,7 +35,6 @@ from unihema.validation import is_int, require
 
 DEFAULT_TASKS: tuple[Task, ...] = (Task.DETECTION, Task.FOV_MORPHOLOGY, Task.SEGMENTATION)
 FIELD_TASKS = frozenset(DEFAULT_TASKS)
-CELL_TASKS = frozenset({Task.CLASSIFICATION, Task.CELL_MORPHOLOGY})
 DEFAULT_MAX_DETECTIONS = 3000
 """Cap on cells per image: dense red-cell fields hold well over 1,000 cells."""
 TILING_MODES = ("auto", "always", "never")
@@ -227,7 +226,7 @@ class Predictor:
         field_tasks = [t for t in options.tasks if t in FIELD_TASKS]
         if field_tasks:
             self._analyse_field(loaded, field_tasks, options, result, timings)
-        if CELL_TASKS & set(options.tasks):
+        if any(task.is_single_cell for task in options.tasks):
             self._analyse_cell(loaded, options, result, timings)
         if Task.VQA in options.tasks:
             result.answer = self._generate(loaded, Task.VQA, VQA_PREFIX, options.question, options, timings)

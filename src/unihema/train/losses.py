@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import box_convert, box_iou, generalized_box_iou, sigmoid_focal_loss
 
 from unihema.data.schema import UNKNOWN, Task
 from unihema.data.vocab import CELL_ATTRIBUTES, FOV_ATTRIBUTES
@@ -50,6 +50,7 @@ TEXT_IGNORE_INDEX = -100
 """Label value of text positions that carry no loss (padding, prompt)."""
 
 ATTRIBUTE_LOSSES = ("ce", "asl")
+CLASS_LOSSES = ("focal", "varifocal")
 
 # Every loss family the criterion can emit; trainers use it for fixed CSV columns.
 LOSS_FAMILIES: tuple[str, ...] = (
@@ -77,8 +78,14 @@ class LossConfig:
         asl_gamma_neg: ASL focusing exponent for negatives.
         asl_gamma_pos: ASL focusing exponent for positives.
         asl_clip: ASL probability margin for negatives.
+        class_loss: ``"focal"`` (sigmoid focal loss on one-hot targets: DINO and the authors) or
+            ``"varifocal"`` (IoU-aware: a matched query's target is the IoU of its box with its object, so
+            the score ranks boxes by how well they fit, VarifocalNet / RT-DETR; negatives as in focal).
         aux_loss: also supervise every earlier decoder layer (``aux_outputs``) with the same weights.
         encoder_loss_weight: multiplier of the class/box losses on the encoder proposals (``enc_outputs``).
+        encoder_one_to_many: how many encoder proposals each target box supervises (1: Hungarian one-to-one,
+            as DINO; k > 1: its k cheapest proposals, H-DETR's one-to-many supervision, which gives the
+            query selection k times the positives per step at no extra forward cost).
         dn_loss_weight: multiplier of the losses on the denoising queries (``dn_outputs``).
         mask_dice_weight: weight of the dice mask loss. The authors' code swaps the names of its two mask
             coefficients, so what it actually trains with is dice x2, focal x1; that is kept here under the
@@ -103,8 +110,10 @@ class LossConfig:
     asl_gamma_neg: float = 4.0
     asl_gamma_pos: float = 1.0
     asl_clip: float = 0.08
+    class_loss: str = "focal"
     aux_loss: bool = True
     encoder_loss_weight: float = 1.0
+    encoder_one_to_many: int = 1
     dn_loss_weight: float = 1.0
     mask_dice_weight: float = 2.0
     mask_focal_weight: float = 1.0
@@ -120,6 +129,15 @@ class LossConfig:
         require(
             self.attribute_loss in ATTRIBUTE_LOSSES, "LossConfig.attribute_loss",
             f"must be one of {ATTRIBUTE_LOSSES}", self.attribute_loss,
+        )  # fmt: skip
+        require(
+            self.class_loss in CLASS_LOSSES, "LossConfig.class_loss",
+            f"must be one of {CLASS_LOSSES}", self.class_loss,
+        )  # fmt: skip
+        require(
+            isinstance(self.encoder_one_to_many, int) and not isinstance(self.encoder_one_to_many, bool)
+            and self.encoder_one_to_many >= 1,
+            "LossConfig.encoder_one_to_many", "must be an int >= 1", self.encoder_one_to_many,
         )  # fmt: skip
         require(
             0.0 <= self.focal_alpha <= 1.0, "LossConfig.focal_alpha", "must be in [0, 1]", self.focal_alpha
@@ -231,15 +249,22 @@ class UniHemaCriterion(nn.Module):
         )
 
         losses: dict[str, torch.Tensor] = {}
-        layers: list[tuple[str, BoxOutput, float, bool]] = [("", outputs, 1.0, True)]
+        decoder_layers = [("", outputs)]
         if cfg.aux_loss:
-            layers += [(f"_aux{i}", aux, 1.0, True) for i, aux in enumerate(outputs.aux)]
-        if outputs.encoder is not None and cfg.encoder_loss_weight > 0:
-            layers.append(("_enc", outputs.encoder, cfg.encoder_loss_weight, False))
-        for suffix, layer, scale, with_attributes in layers:
+            decoder_layers += [(f"_aux{i}", aux) for i, aux in enumerate(outputs.aux)]
+        for suffix, layer in decoder_layers:
             indices = self.matcher(layer.logits, layer.boxes, targets)
-            terms = self._set_losses(layer, targets, indices, num_boxes, with_attributes)
-            losses.update({f"{name}{suffix}": scale * value for name, value in terms.items()})
+            terms = self._set_losses(layer, targets, indices, num_boxes, True)
+            losses.update({f"{name}{suffix}": value for name, value in terms.items()})
+        if outputs.encoder is not None and cfg.encoder_loss_weight > 0:
+            encoder, k = outputs.encoder, cfg.encoder_one_to_many
+            if k == 1:
+                indices = self.matcher(encoder.logits, encoder.boxes, targets)
+            else:
+                indices = self.matcher.one_to_many(encoder.logits, encoder.boxes, targets, k)
+            # Normalised by the positives one-to-many matching can give, so k does not scale the term.
+            terms = self._set_losses(encoder, targets, indices, num_boxes * k, False)
+            losses.update({f"{name}_enc": cfg.encoder_loss_weight * value for name, value in terms.items()})
 
         denoising = outputs.denoising
         if denoising is not None and denoising.meta is not None and cfg.dn_loss_weight > 0:
@@ -282,19 +307,24 @@ class UniHemaCriterion(nn.Module):
         )
         onehot[batch_idx, query_idx, matched_labels.to(device)] = 1.0
         class_mask = torch.stack([t["class_mask"] for t in targets]).to(device=device, dtype=logits.dtype)
-        focal = sigmoid_focal_loss(
-            logits, onehot, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="none"
-        )
-        weight = class_mask[:, None, :]
-        if supervised is not None:
-            weight = weight * supervised.to(device=device, dtype=logits.dtype)[:, :, None]
-        loss_class = (focal * weight).sum() / num_boxes
-
         pred_boxes = layer.boxes.float()[batch_idx, query_idx]
         target_boxes = torch.cat(
             [t["boxes"][tgt.to(t["boxes"].device)] for t, (_, tgt) in zip(targets, indices)]
         )
         target_boxes = target_boxes.to(device=device, dtype=pred_boxes.dtype)
+        if cfg.class_loss == "varifocal":
+            iou = matched_iou(pred_boxes.detach(), target_boxes)
+            class_terms = varifocal_loss(
+                logits, onehot, iou, batch_idx, query_idx, cfg.focal_alpha, cfg.focal_gamma
+            )
+        else:
+            class_terms = sigmoid_focal_loss(
+                logits, onehot, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="none"
+            )
+        weight = class_mask[:, None, :]
+        if supervised is not None:
+            weight = weight * supervised.to(device=device, dtype=logits.dtype)[:, :, None]
+        loss_class = (class_terms * weight).sum() / num_boxes
         loss_bbox = F.l1_loss(pred_boxes, target_boxes, reduction="sum") / num_boxes
         if len(pred_boxes):
             giou = torch.diag(
@@ -419,6 +449,33 @@ class UniHemaCriterion(nn.Module):
             reduction="sum",
         )
         return {"loss_text": self.config.text_weight * summed / count}
+
+
+def matched_iou(pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
+    """IoU ``(M,)`` of each matched pair of normalised cxcywh boxes (``(M, 4)`` each)."""
+    if not len(pred_boxes):
+        return pred_boxes.new_zeros(0)
+    pairs = box_iou(box_convert(pred_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
+    return torch.diag(pairs)
+
+
+def varifocal_loss(
+    logits: torch.Tensor,
+    onehot: torch.Tensor,
+    iou: torch.Tensor,
+    batch_idx: torch.Tensor,
+    query_idx: torch.Tensor,
+    alpha: float,
+    gamma: float,
+) -> torch.Tensor:
+    """Element-wise varifocal loss ``(B, Q, C)``: the matched class of a matched query is trained towards
+    its box's ``iou`` (weighted by that IoU), every other entry towards 0 with the focal weight
+    ``alpha * p^gamma``."""
+    target = onehot.clone()
+    target[batch_idx, query_idx] *= iou[:, None].to(target.dtype)
+    prob = logits.sigmoid().detach()
+    weight = alpha * prob.pow(gamma) * (1 - onehot) + target
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
 
 
 def _detection_target(target: dict, num_classes: int, index: int) -> dict[str, torch.Tensor]:

@@ -7,6 +7,10 @@ The matching cost of query ``q`` and ground-truth box ``t`` is
 where ``focal_cost`` is the difference between the sigmoid focal loss of predicting ``label_t`` as positive
 and as negative (the cost used by Deformable-DETR and DINO), boxes are normalised ``cxcywh`` and the GIoU is
 computed on ``xyxy``. Each image is matched on its own with :func:`scipy.optimize.linear_sum_assignment`.
+
+:meth:`HungarianMatcher.one_to_many` assigns each target its ``k`` cheapest queries instead (H-DETR's
+one-to-many supervision, used on the dense encoder proposals): more positives per step for the same
+forward pass.
 """
 
 from __future__ import annotations
@@ -96,9 +100,30 @@ class HungarianMatcher:
     def __init__(self, config: MatcherConfig | None = None) -> None:
         self.config = config or MatcherConfig()
 
-    @torch.no_grad()
     def __call__(
         self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self._match(pred_logits, pred_boxes, targets, k=None)
+
+    def one_to_many(
+        self,
+        pred_logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        targets: Sequence[dict[str, torch.Tensor]],
+        k: int,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each target's ``k`` lowest-cost queries (a query wanted by several targets goes to its cheapest
+        one), in the format of :meth:`__call__`."""
+        require(isinstance(k, int) and k >= 1, "HungarianMatcher.one_to_many k", "must be an int >= 1", k)
+        return self._match(pred_logits, pred_boxes, targets, k=k)
+
+    @torch.no_grad()
+    def _match(
+        self,
+        pred_logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        targets: Sequence[dict[str, torch.Tensor]],
+        k: int | None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if (
             pred_logits.dim() != 3
@@ -130,11 +155,22 @@ class HungarianMatcher:
             cost = torch.nan_to_num(
                 cost, nan=_NONFINITE_COST, posinf=_NONFINITE_COST, neginf=-_NONFINITE_COST
             )
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())
-            indices.append(
-                (
-                    torch.as_tensor(rows, dtype=torch.int64),
-                    torch.as_tensor(np.asarray(cols), dtype=torch.int64),
-                )
-            )
+            if k is None:
+                rows, cols = linear_sum_assignment(cost.cpu().numpy())
+                rows = torch.as_tensor(rows, dtype=torch.int64)
+                cols = torch.as_tensor(np.asarray(cols), dtype=torch.int64)
+            else:
+                rows, cols = _k_cheapest(cost.cpu(), k)
+            indices.append((rows, cols))
         return indices
+
+
+def _k_cheapest(cost: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(query_indices, target_indices)`` of each target's ``k`` cheapest queries of ``cost`` ``(Q, N)``."""
+    num_queries = cost.shape[0]
+    picked = cost.topk(min(k, num_queries), dim=0, largest=False).indices  # (k, N)
+    wanted = torch.full_like(cost, float("inf"))
+    wanted.scatter_(0, picked, cost.gather(0, picked))
+    best_cost, best_target = wanted.min(dim=1)
+    rows = torch.nonzero(torch.isfinite(best_cost)).flatten()
+    return rows, best_target[rows]

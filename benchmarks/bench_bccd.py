@@ -77,10 +77,9 @@ def train_unihema(
     train: list[Sample], test: list[Sample], args: argparse.Namespace, preset: str
 ) -> dict[str, Any]:
     torch.manual_seed(args.seed)
-    vision: dict[str, Any] = {"num_queries": args.queries}
-    if args.backbone_norm is not None:
-        vision["backbone_norm"] = args.backbone_norm
-    model = UniHema.from_preset(preset, vision=vision)
+    model = UniHema.from_preset(
+        preset, vision={"num_queries": args.queries, "backbone_norm": args.backbone_norm}
+    )
     criterion = UniHemaCriterion(
         LossConfig(class_loss=args.class_loss, encoder_one_to_many=args.encoder_one_to_many)
     )
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.minutes:g} training minutes per model (evaluation excluded), random initialisation, batch {BATCH}, "
             f"shorter side {args.train_sizes} in training and {args.eval_size} in evaluation, UniHema at a constant "
             f"learning rate {args.lr:g} with gradient clipping {args.clip:g}, {args.precision} training, "
-            f"backbone norm {args.backbone_norm or 'of the preset'}, {args.queries} queries, class loss "
+            f"backbone norm {args.backbone_norm}, {args.queries} queries, class loss "
             f"{args.class_loss}, encoder one-to-many {args.encoder_one_to_many}. torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, {platform.machine()} CPU, no other job running.\n\n{text}\n"
         )

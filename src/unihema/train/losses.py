@@ -44,7 +44,7 @@ from unihema.model.outputs import (
 )
 from unihema.train.distributed import per_rank_normaliser
 from unihema.train.matcher import HungarianMatcher, MatcherConfig
-from unihema.validation import is_number, require
+from unihema.validation import is_int, is_number, require
 
 TEXT_IGNORE_INDEX = -100
 """Label value of text positions that carry no loss (padding, prompt)."""
@@ -135,8 +135,7 @@ class LossConfig:
             f"must be one of {CLASS_LOSSES}", self.class_loss,
         )  # fmt: skip
         require(
-            isinstance(self.encoder_one_to_many, int) and not isinstance(self.encoder_one_to_many, bool)
-            and self.encoder_one_to_many >= 1,
+            is_int(self.encoder_one_to_many) and self.encoder_one_to_many >= 1,
             "LossConfig.encoder_one_to_many", "must be an int >= 1", self.encoder_one_to_many,
         )  # fmt: skip
         require(

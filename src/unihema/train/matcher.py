@@ -23,7 +23,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert, generalized_box_iou
 
-from unihema.validation import require
+from unihema.validation import is_int, require
 
 # Finite stand-in for NaN/inf entries of a cost matrix (scipy rejects non-finite costs). Large enough
 # that such a pair is only chosen when no finite assignment exists.
@@ -114,7 +114,7 @@ class HungarianMatcher:
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each target's ``k`` lowest-cost queries (a query wanted by several targets goes to its cheapest
         one), in the format of :meth:`__call__`."""
-        require(isinstance(k, int) and k >= 1, "HungarianMatcher.one_to_many k", "must be an int >= 1", k)
+        require(is_int(k) and k >= 1, "HungarianMatcher.one_to_many k", "must be an int >= 1", k)
         return self._match(pred_logits, pred_boxes, targets, k=k)
 
     @torch.no_grad()

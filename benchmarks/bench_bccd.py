@@ -36,6 +36,7 @@ from unihema.evaluate.evaluator import EvalConfig
 from unihema.inference.postprocess import decode_detections
 from unihema.model.config_sections import BACKBONE_NORMS
 from unihema.model.unihema import UniHema
+from unihema.train.ema import WeightEMA
 from unihema.train.losses import CLASS_LOSSES, LossConfig, UniHemaCriterion
 
 SECTION_TITLE = "## BCCD from scratch"
@@ -111,8 +112,19 @@ def train_unihema(
             )
             return criterion(outputs, batch["targets"], Task.DETECTION)["loss"]
 
+    ema = WeightEMA(model, args.ema_decay, args.ema_warmup) if args.ema_decay > 0 else None
+
+    def after_step(steps: int, spent: float) -> None:
+        if ema is not None:
+            ema.update(model)
+        if spent >= args.lr_drop_at:
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * args.lr_drop_factor
+
     model.train()
-    steps = train_for(args.minutes, loader, loss_of, optimizer, params, args.clip)
+    steps = train_for(args.minutes, loader, loss_of, optimizer, params, args.clip, after_step)
+    if ema is not None:
+        model = ema.module
     model.eval()
     predictions, targets = [], []
     eval_config = EvalConfig(transforms=transforms)
@@ -159,6 +171,16 @@ def main(argv: list[str] | None = None) -> int:
         "--encoder-one-to-many", type=int, default=1,
         help="encoder proposals each target box supervises (LossConfig.encoder_one_to_many)",
     )  # fmt: skip
+    parser.add_argument(
+        "--ema-decay", type=float, default=0.0,
+        help="evaluate a moving average of UniHema's weights with this decay (0: the last weights)",
+    )  # fmt: skip
+    parser.add_argument("--ema-warmup", type=float, default=100.0, help="the average's ramp, in steps")
+    parser.add_argument(
+        "--lr-drop-at", type=float, default=1.0,
+        help="fraction of the budget after which UniHema's learning rate is multiplied by --lr-drop-factor",
+    )  # fmt: skip
+    parser.add_argument("--lr-drop-factor", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--models", nargs="+", default=["tiny", "fast", "faster_rcnn"], choices=["tiny", "fast", "faster_rcnn"],
@@ -198,10 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         section = (
             f"{SECTION_TITLE}\n\nCommand: `{command}`. {len(train)} train+val images, {len(test)} test images, "
             f"{args.minutes:g} training minutes per model (evaluation excluded), random initialisation, batch {BATCH}, "
-            f"shorter side {args.train_sizes} in training and {args.eval_size} in evaluation, UniHema at a constant "
+            f"shorter side {args.train_sizes} in training and {args.eval_size} in evaluation, UniHema at "
             f"learning rate {args.lr:g} with gradient clipping {args.clip:g}, {args.precision} training, "
             f"backbone norm {args.backbone_norm}, {args.queries} queries, class loss "
-            f"{args.class_loss}, encoder one-to-many {args.encoder_one_to_many}. torch {torch.__version__}, "
+            f"{args.class_loss}, encoder one-to-many {args.encoder_one_to_many}, weight average decay {args.ema_decay:g} "
+            f"(ramp {args.ema_warmup:g} steps), learning rate x{args.lr_drop_factor:g} after {args.lr_drop_at:g} of "
+            f"the budget. torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, {platform.machine()} CPU, no other job running.\n\n{text}\n"
         )
         write_section(args.write_doc, SECTION_TITLE, section)

@@ -8,8 +8,19 @@ from typing import Any
 import torch
 
 
-def train_for(minutes: float, loader: Any, loss_of: Any, optimizer: Any, params: list, clip: float) -> int:
-    """Optimiser steps on ``loss_of(batch, step)`` until ``minutes`` of training time; returns the steps."""
+def train_for(
+    minutes: float,
+    loader: Any,
+    loss_of: Any,
+    optimizer: Any,
+    params: list,
+    clip: float,
+    after_step: Any = None,
+) -> int:
+    """Optimiser steps on ``loss_of(batch, step)`` until ``minutes`` of training time; returns the steps.
+
+    ``after_step(steps, spent)``, when given, runs after each optimiser step (outside the clock) with the
+    steps taken and the fraction of the budget spent, for weight averages and time-based schedules."""
     trained, steps = 0.0, 0
     while trained < minutes * 60:
         for batch in loader:
@@ -21,6 +32,8 @@ def train_for(minutes: float, loader: Any, loss_of: Any, optimizer: Any, params:
             optimizer.step()
             trained += time.perf_counter() - started
             steps += 1
+            if after_step is not None:
+                after_step(steps, trained / (minutes * 60))
             if trained >= minutes * 60:
                 break
     return steps

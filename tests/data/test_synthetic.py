@@ -452,6 +452,26 @@ def test_text_samples_come_from_the_white_cell_attributes(corpus: SyntheticCorpu
         assert sample.extra["split_group"] == source.extra["split_group"]
 
 
+def test_both_checks_balance_the_training_verdicts_and_leave_the_test_questions_alone() -> None:
+    paired = SyntheticCorpus(SyntheticConfig(**SMALL, vqa_checks="both", max_vqa_per_cell=None))
+    plain = SyntheticCorpus(SyntheticConfig(**SMALL, max_vqa_per_cell=None))
+
+    def verdicts(c: SyntheticCorpus, split: str) -> list[str]:
+        return [
+            s.text_target.split(",")[0]
+            for s in c.samples(Task.VQA, split)
+            if s.prompt.startswith("Q: Is this")
+        ]
+
+    train = verdicts(paired, "train")
+    assert train and train.count("Yes") == train.count("No")  # every class check has its complement
+    assert len(train) == 2 * len(verdicts(plain, "train"))
+    pairs = lambda c: [(s.prompt, s.text_target) for s in c.samples(Task.VQA, "test")]  # noqa: E731
+    assert pairs(paired) == pairs(plain)
+    with pytest.raises(ValueError, match="vqa_checks"):
+        SyntheticConfig(**SMALL, vqa_checks="all")
+
+
 def test_splits_are_disjoint_cover_every_field_and_agree_across_tasks(corpus: SyntheticCorpus) -> None:
     by_split = {split: set(corpus.indices(split)) for split in ("train", "val", "test")}
     assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])

@@ -81,6 +81,46 @@ def test_yes_no_answers_are_consistent() -> None:
             assert answer == ("yes" if NEUTROPHIL[name] == asked else "no"), (question, answer)
 
 
+def test_both_checks_pair_the_true_value_with_a_distractor_of_the_same_question() -> None:
+    one = vqa_pairs("Neutrophil", NEUTROPHIL, seed=5, answer_style="word")
+    both = vqa_pairs("Neutrophil", NEUTROPHIL, seed=5, answer_style="word", checks="both")
+    assert both[:12] == one[:12]  # the open questions are the same
+    checks = both[12:]
+    assert len(checks) == 2 * 10  # the class and 9 attributes, each checked twice
+    for (true_question, true_answer), (other_question, other_answer) in zip(checks[::2], checks[1::2]):
+        assert (true_answer, other_answer) == ("yes", "no")
+        # The same template, another value: the two prompts differ only where the value is named.
+        assert true_question != other_question
+        assert true_question.split(" ")[:2] == other_question.split(" ")[:2]
+    sentences = vqa_pairs("Neutrophil", NEUTROPHIL, seed=5, checks="both")
+    assert ("Q: Is this a neutrophil?", "Yes, this is a neutrophil.") in sentences
+    assert sum(q.startswith("Q: Is this a") for q, _ in sentences) == 2
+    with pytest.raises(ValueError, match="checks must be one of"):
+        vqa_pairs("Neutrophil", NEUTROPHIL, checks="all")
+
+
+def test_a_limit_keeps_complementary_checks_together() -> None:
+    sample = _cell_sample()  # cell size unknown: the class and 10 open questions, then 9 check pairs
+    for seed in range(8):
+        every = [
+            (s.prompt, s.text_target)
+            for s in text_samples(sample, seed=seed, checks="both")
+            if s.task is Task.VQA
+        ]
+        assert len(every) == 11 + 2 * 9
+        groups = [every[i : i + 1] for i in range(11)] + [every[i : i + 2] for i in range(11, len(every), 2)]
+        assert all(pair[0][1].startswith("Yes") and pair[1][1].startswith("No") for pair in groups[11:])
+        kept = [(s.prompt, s.text_target) for s in text_samples(sample, seed=seed, max_vqa=5, checks="both")
+                if s.task is Task.VQA]  # fmt: skip
+        assert 4 <= len(kept) <= 5
+        # The kept questions are whole groups, in their original order.
+        rest = list(kept)
+        for group in groups:
+            if rest[: len(group)] == group:
+                rest = rest[len(group) :]
+        assert not rest, (seed, kept)
+
+
 def test_no_questions_about_unknown_or_nil() -> None:
     attrs = dict(NEUTROPHIL, cell_size="unknown", cell_shape="", granule_type="nil", granule_colour="nil")
     attrs["granularity"] = "no"

@@ -27,6 +27,7 @@ KILL_AFTER = ("step-00000004", "step-00000006", "step-00000008", "step-00000010"
 POLL_SECONDS = 0.02
 SUBPROCESS_TIMEOUT = 300
 
+# The second stage averages its weights: the average must resume from the checkpoint too.
 # Augmentation (flips, colour jitter) and denoising noise stay on: the resumed run must replay the same
 # random draws, which only works if every RNG state was restored.
 STAGES = [
@@ -34,7 +35,7 @@ STAGES = [
      "max_steps": 3, "lr": 1e-3},
     {"name": "det_seg", "tasks": {"detection": ["synthetic"], "segmentation": ["synthetic"]}, "k_per_task": 2,
      "train": ["E_I", "D_I", "TGVR", "QGMF", "heads"], "max_steps": 8, "lr": 1e-3,
-     "scheduler": {"name": "cosine", "warmup_steps": 2}},
+     "scheduler": {"name": "cosine", "warmup_steps": 2}, "ema_decay": 0.9, "ema_warmup_steps": 2.0},
 ]  # fmt: skip
 
 

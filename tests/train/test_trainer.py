@@ -346,3 +346,24 @@ def test_a_stage_ends_when_its_time_budget_is_spent(tmp_path: Path, monkeypatch:
     assert "stage after finished after 2 steps in 40.0 s\n" in log
     state = torch.load(run_dir / "checkpoints" / "stage-01-timed" / "training_state.pt", weights_only=True)
     assert state["progress"]["stage_seconds"] == 60.0  # what a resumed stage would count on from
+
+
+def test_a_stage_with_a_weight_average_ends_on_the_average(tmp_path: Path) -> None:
+    def final_heads(steps: int, run: str, **ema: float) -> dict[str, torch.Tensor]:
+        stage = {"name": "heads", **CLS_STAGE, "train": ["heads"], "max_steps": steps, "lr": 1e-2, **ema}
+        model = run_training(TrainConfig.from_dict(mini_config([stage])), tmp_path / run, progress=False)
+        return {n: t.detach().clone() for n, t in model.module_groups()["heads"].state_dict().items()}
+
+    one_step = final_heads(1, "one")
+    four_steps = final_heads(4, "four")
+    # A decay this close to 1, reached at once, keeps the weights of the first update (after step 1).
+    averaged = final_heads(4, "averaged", ema_decay=0.999999, ema_warmup_steps=1e-6)
+    moved = [n for n in one_step if not torch.allclose(one_step[n], four_steps[n])]
+    assert moved, "the three later steps should move the heads"
+    for name in moved:
+        assert torch.allclose(averaged[name], one_step[name], atol=1e-5), name
+    log = (tmp_path / "averaged" / "train.log").read_text()
+    assert "stage heads ends on the moving average of its weights (decay 0.999999, 4 updates)" in log
+    with pytest.raises(ValueError, match=r"stages\[0\] \(bad\)\.ema_decay"):
+        TrainConfig.from_dict(mini_config([{"name": "bad", **CLS_STAGE, "train": ["heads"], "max_steps": 1,
+                                            "ema_decay": 1.0}]))  # fmt: skip

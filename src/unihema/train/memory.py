@@ -236,10 +236,16 @@ def plan_memory(
         return MemoryPlan(sizes)
     available //= machine.local_processes()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # A moving average of the weights is a second copy of every parameter and buffer.
+    averaged = (
+        sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        if stage.ema_decay > 0
+        else 0
+    )
     plan = MemoryPlan(
         sizes,
         measure_footprints(model, config, stage, samples, device),
-        fixed_bytes=trainable * OPTIMISER_BYTES_PER_PARAMETER,
+        fixed_bytes=trainable * OPTIMISER_BYTES_PER_PARAMETER + averaged,
         available_bytes=available,
         memory_fraction=config.runtime.memory_fraction,
     )

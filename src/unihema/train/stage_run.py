@@ -20,6 +20,7 @@ from unihema.data.schema import Task
 from unihema.train import distributed as dist_utils
 from unihema.train.checkpoint import Progress, progress_to_state, set_rng_state
 from unihema.train.data import CorpusCache, StageData, build_stage_loader
+from unihema.train.ema import WeightEMA
 from unihema.train.history import MetricsWindow
 from unihema.train.image_cache import (
     CACHE_MEMORY_SHARE,
@@ -55,6 +56,7 @@ class StageRun:
         image_cache: the stage's image-memory cache for its text tasks (``StageConfig.image_cache``), or
             None.
         cell_cache: the stage's cache of SCFE inputs for its single-cell tasks, or None.
+        ema: the moving average of the weights (``StageConfig.ema_decay``), or None.
     """
 
     stage: StageConfig
@@ -70,6 +72,7 @@ class StageRun:
     window: MetricsWindow = field(default_factory=MetricsWindow)
     image_cache: ImageMemoryCache | None = None
     cell_cache: ImageMemoryCache | None = None
+    ema: WeightEMA | None = None
 
     @property
     def sampler(self) -> Any:
@@ -80,7 +83,7 @@ class StageRun:
         self, progress: Progress, rngs: list[dict[str, Any]], world_size: int
     ) -> dict[str, Any]:
         """The training state of a checkpoint (``rngs``: the RNG states of every rank, in rank order)."""
-        return {
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(consumed=min(progress.batch_in_epoch, len(self.sampler))),
@@ -88,11 +91,22 @@ class StageRun:
             "progress": progress_to_state(progress),
             "world_size": world_size,
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.averaged.state_dict()
+        return state
 
     def restore(self, state: dict[str, Any], progress: Progress, rank: int) -> None:
         """Continue from a :meth:`training_state` whose progress is ``progress``, on rank ``rank``."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if "ema" in state:
+                self.ema.averaged.load_state_dict(state["ema"])
+            else:
+                logger.warning(
+                    "stage %s: the checkpoint holds no moving average of the weights; it starts again "
+                    "from the resumed weights", self.stage.name,
+                )  # fmt: skip
         if progress.batch_in_epoch >= self.steps_per_epoch:
             progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
         else:
@@ -144,6 +158,8 @@ def prepare_stage(
             "this stage runs %d steps. `mode: weighted` mixes the tasks over the whole epoch",
             stage.name, mixed, steps_per_epoch, ", ".join(left), total_steps,
         )  # fmt: skip
+    # The average is a copy of the bare model, taken before DDP wraps it.
+    ema = WeightEMA(model, stage.ema_decay, stage.ema_warmup_steps) if stage.ema_decay > 0 else None
     ddp_model = dist_utils.wrap_model(model, context)
     optimizer = build_optimizer(model, stage)
     scheduler = build_scheduler(optimizer, stage, total_steps, steps_per_epoch)
@@ -170,5 +186,5 @@ def prepare_stage(
         )  # fmt: skip
     return StageRun(
         stage, index, model, ddp_model, data, optimizer, scheduler, total_steps, steps_per_epoch,
-        plan.micro_batch, image_cache=memory_cache, cell_cache=cell_cache,
+        plan.micro_batch, image_cache=memory_cache, cell_cache=cell_cache, ema=ema,
     )  # fmt: skip

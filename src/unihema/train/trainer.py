@@ -297,6 +297,12 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if run.ema is not None:
+            model.load_state_dict(run.ema.module.state_dict())
+            logger.info(
+                "stage %s ends on the moving average of its weights (decay %g, %d updates)",
+                stage.name, stage.ema_decay, run.ema.updates,
+            )  # fmt: skip
         progress.stage_done = True
         progress.completed_stages.append(stage.name)
         self._checkpoint(stage_checkpoint_name(index, stage.name), run, progress)
@@ -382,6 +388,8 @@ class Trainer:
         else:
             optimizer.step()
             progress.nonfinite_streak = 0
+            if run.ema is not None:
+                run.ema.update(run.model)
         run.scheduler.step()
         tasks = "+".join(b["task"].value for b in task_batches)
         run.window.add(mean_loss, terms, grad_norm, images * self.context.world_size, skipped, tasks)

@@ -15,6 +15,7 @@ import numpy as np
 
 from unihema.data.synthetic.labels import MASK_TARGETS, WBC_TYPES
 from unihema.data.synthetic.palette import REFERENCE_RBC_RADIUS, WBC_RADIUS
+from unihema.data.text.vqa import VQA_CHECKS
 from unihema.validation import ValidationError
 
 
@@ -51,6 +52,10 @@ class SyntheticConfig:
         split_fractions: ``(train, val, test)`` fractions of the fields; must sum to 1.
         max_vqa_per_cell: VQA pairs kept per white cell (``None`` = all the templates give).
         max_mlm_per_cell: masked sentences kept per white cell (``None`` = all).
+        vqa_checks: yes/no checks of the training split's cells (:data:`unihema.data.text.vqa.VQA_CHECKS`):
+            ``"one"`` per class and attribute, naming the true value or a distractor, or ``"both"``
+            complementary checks of the same cell, kept together. Validation and test cells keep one
+            check each, so their scores stay comparable between the two.
         disease_context: set ``Sample.disease`` to the field's disease (the patient's diagnosis, from which
             :mod:`unihema.data.prompts` builds the text prompt, as real corpora give one disease per
             dataset). It tells the model which kind of field it sees (a malaria field always holds ring
@@ -81,6 +86,7 @@ class SyntheticConfig:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     max_vqa_per_cell: int | None = 4
     max_mlm_per_cell: int | None = 2
+    vqa_checks: str = "one"
     disease_context: bool = True
     illumination: float = 0.08
     noise_std: float = 3.0
@@ -136,6 +142,8 @@ class SyntheticConfig:
         for name in ("max_vqa_per_cell", "max_mlm_per_cell"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 fail(name, "must be >= 0 or None")
+        if self.vqa_checks not in VQA_CHECKS:
+            fail("vqa_checks", f"must be one of {VQA_CHECKS}")
         if self.mask_target not in MASK_TARGETS:
             fail("mask_target", f"must be one of {MASK_TARGETS}")
         fractions = tuple(float(f) for f in self.split_fractions)

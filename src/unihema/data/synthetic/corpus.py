@@ -201,6 +201,7 @@ class SyntheticCorpus:
             seed=self.config.seed,
             max_vqa=self.config.max_vqa_per_cell if task == Task.VQA else 0,
             max_mlm=self.config.max_mlm_per_cell if task == Task.MLM else 0,
+            checks=self.config.vqa_checks if sample.split == "train" else "one",
         )
         out = []
         for text_sample in produced:

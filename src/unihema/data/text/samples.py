@@ -8,7 +8,7 @@ import random
 from unihema.data.schema import Sample, Task
 from unihema.data.text.attributes import decode_attributes
 from unihema.data.text.descriptions import masked_sentences
-from unihema.data.text.vqa import vqa_pairs
+from unihema.data.text.vqa import vqa_groups
 from unihema.data.vocab import CELL_CLASSES
 
 SOURCE_CELL_KEY = "source_cell"
@@ -22,6 +22,7 @@ def text_samples(
     max_vqa: int | None = None,
     max_mlm: int | None = None,
     answer_style: str = "sentence",
+    checks: str = "one",
 ) -> list[Sample]:
     """VQA and MLM samples sharing ``sample``'s image, from its ``cell_attributes`` and ``cell_class``.
 
@@ -32,6 +33,8 @@ def text_samples(
         max_vqa: keep at most this many VQA pairs (a seeded choice, original order kept); ``None`` = all.
         max_mlm: the same for masked sentences.
         answer_style: VQA answer style (see :func:`vqa_pairs`).
+        checks: yes/no checks per class and attribute, ``"one"`` or ``"both"`` (see :func:`vqa_pairs`);
+            ``max_vqa`` keeps or drops a complementary pair whole, so it may keep one pair fewer.
 
     Returns:
         the VQA samples followed by the MLM samples; ids are ``<sample_id>#vqa<i>`` / ``<sample_id>#mlm<i>``
@@ -61,12 +64,27 @@ def text_samples(
         indices = sorted(chosen_rng.sample(range(len(pairs)), limit))
         return [pairs[i] for i in indices]
 
+    def keep_groups(groups: list[list[tuple[str, str]]], limit: int | None) -> list[tuple[str, str]]:
+        if all(len(group) == 1 for group in groups):
+            return keep([group[0] for group in groups], limit)
+        if limit is None or limit >= sum(map(len, groups)):
+            return [pair for group in groups for pair in group]
+        chosen, count = [], 0
+        for index in chosen_rng.sample(range(len(groups)), len(groups)):
+            if count + len(groups[index]) <= limit:
+                chosen.append(index)
+                count += len(groups[index])
+        return [pair for index in sorted(chosen) for pair in groups[index]]
+
     out: list[Sample] = []
     for task, tag, pairs in (
         (
             Task.VQA,
             "vqa",
-            keep(vqa_pairs(cls, attributes, seed=sample_seed, answer_style=answer_style), max_vqa),
+            keep_groups(
+                vqa_groups(cls, attributes, seed=sample_seed, answer_style=answer_style, checks=checks),
+                max_vqa,
+            ),
         ),
         (Task.MLM, "mlm", keep(masked_sentences(cls, attributes, seed=sample_seed), max_mlm)),
     ):

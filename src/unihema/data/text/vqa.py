@@ -94,8 +94,18 @@ _CLASS_QUESTIONS: tuple[str, ...] = ("What type of cell is this?", "Which cell t
 assert set(_ATTRIBUTE_TEXT) == set(CELL_ATTRIBUTE_NAMES), "a WBCAtt attribute has no question template"
 
 
+VQA_CHECKS: tuple[str, ...] = ("one", "both")
+"""``one``: each yes/no check names the true value or a distractor; ``both``: the two complementary checks
+of the same cell (the balanced pairs of VQA v2), so the verdict cannot be read off the cell alone."""
+
+
 def vqa_pairs(
-    cell_class: str, attributes: Mapping[str, str], *, seed: int | str = 0, answer_style: str = "sentence"
+    cell_class: str,
+    attributes: Mapping[str, str],
+    *,
+    seed: int | str = 0,
+    answer_style: str = "sentence",
+    checks: str = "one",
 ) -> list[tuple[str, str]]:
     """Question/answer pairs about one cell.
 
@@ -111,38 +121,71 @@ def vqa_pairs(
         seed: selects wording variants and distractors; same inputs and seed give the same pairs.
         answer_style: ``"sentence"`` (default; "The nucleus is segmented-bilobed.", "No, this is a
             monocyte.") or ``"word"`` (the bare value, ``"yes"`` / ``"no"``), see :data:`ANSWER_STYLES`.
+        checks: ``"one"`` (default) check per class and attribute, naming the true value or a
+            distractor, or ``"both"``: the true-value check followed by a distractor check (see
+            :data:`VQA_CHECKS`).
 
     Returns:
         ``[(prompt, answer), ...]``; every prompt starts with ``"Q: "``; word answers are lower case.
     """
+    return [
+        pair
+        for group in vqa_groups(cell_class, attributes, seed=seed, answer_style=answer_style, checks=checks)
+        for pair in group
+    ]
+
+
+def vqa_groups(
+    cell_class: str,
+    attributes: Mapping[str, str],
+    *,
+    seed: int | str = 0,
+    answer_style: str = "sentence",
+    checks: str = "one",
+) -> list[list[tuple[str, str]]]:
+    """:func:`vqa_pairs` grouped: one open question per group, and each attribute's checks together (one,
+    or with ``checks="both"`` the complementary two), so a sample of the questions keeps the pairs whole."""
     words = _words(answer_style)
+    if checks not in VQA_CHECKS:
+        raise ValueError(f"checks must be one of {VQA_CHECKS}, got {checks!r}")
     cls = canonical_class(cell_class)
     known = known_attributes(attributes)
     rng = seeded_rng(seed, cls, known, "vqa")
-    pairs: list[tuple[str, str]] = []
+    groups: list[list[tuple[str, str]]] = []
     if cls:
-        pairs.append((VQA_PREFIX + rng.choice(_CLASS_QUESTIONS), _class_answer(cls, words)))
+        groups.append([(VQA_PREFIX + rng.choice(_CLASS_QUESTIONS), _class_answer(cls, words))])
     for name, value in known.items():
         if value == NIL:  # no granules: nothing to say about their type or colour
             continue
-        pairs.append(
-            (VQA_PREFIX + rng.choice(_ATTRIBUTE_TEXT[name].questions), _open_answer(name, value, words))
+        groups.append(
+            [(VQA_PREFIX + rng.choice(_ATTRIBUTE_TEXT[name].questions), _open_answer(name, value, words))]
         )
-    # Yes/no verification: about half ask about the true value, the rest about a distractor.
+
+    def asked_values(true: str, others: list[str]) -> list[str]:
+        # "one": about half ask about the true value, the rest about a distractor.
+        if checks == "both":
+            return [true, rng.choice(others)] if others else [true]
+        return [true if (not others or rng.random() < 0.5) else rng.choice(others)]
+
     if cls:
-        others = [c for c in WBC_CLASSES if c != cls]
-        asked = cls if rng.random() < 0.5 else rng.choice(others)
-        pairs.append(
-            (f"{VQA_PREFIX}Is this {article(asked)} {asked}?", _class_check_answer(asked, cls, words))
+        groups.append(
+            [
+                (f"{VQA_PREFIX}Is this {article(asked)} {asked}?", _class_check_answer(asked, cls, words))
+                for asked in asked_values(cls, [c for c in WBC_CLASSES if c != cls])
+            ]
         )
     for name, value in known.items():
         check = _ATTRIBUTE_TEXT[name].check
         if check is None or value == NIL:
             continue
         others = [v for v in ATTRIBUTE_VALUES[name] if v not in (value, NIL)]
-        asked = value if (not others or rng.random() < 0.5) else rng.choice(others)
-        pairs.append((VQA_PREFIX + check.format(value=asked), _check_answer(name, asked, value, words)))
-    return pairs
+        groups.append(
+            [
+                (VQA_PREFIX + check.format(value=asked), _check_answer(name, asked, value, words))
+                for asked in asked_values(value, others)
+            ]
+        )
+    return groups
 
 
 def _words(answer_style: str) -> bool:

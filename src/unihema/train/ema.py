@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from unihema.validation import is_number
+
 
 def ramped_decay(decay: float, warmup_steps: float, updates: int) -> float:
     """The decay applied at the ``updates``-th update (1-based): ``decay`` approached from zero."""
@@ -48,7 +50,6 @@ class WeightEMA(nn.Module):
     def __init__(self, model: nn.Module, decay: float, warmup_steps: float) -> None:
         super().__init__()
         validate_ema(decay, warmup_steps)
-        self.decay, self.warmup_steps = decay, warmup_steps
         self.averaged = AveragedModel(
             model, multi_avg_fn=_ramped_ema_update(decay, warmup_steps), use_buffers=True
         )
@@ -67,9 +68,18 @@ class WeightEMA(nn.Module):
         self.averaged.update_parameters(model)
 
 
+def ema_errors(decay: float, warmup_steps: float) -> dict[str, str]:
+    """Field name -> what is wrong with it, for the EMA settings out of range (empty when both are valid)."""
+    errors = {}
+    if not (is_number(decay) and 0.0 <= decay < 1.0):
+        errors["ema_decay"] = "must be in [0, 1) (0: no average)"
+    if not (is_number(warmup_steps) and warmup_steps > 0):
+        errors["ema_warmup_steps"] = "must be a number > 0"
+    return errors
+
+
 def validate_ema(decay: float, warmup_steps: float) -> None:
     """Raise ``ValueError`` naming the field when the EMA settings are out of range."""
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"ema_decay: must be in [0, 1) (0 turns the average off), got {decay}")
-    if not warmup_steps > 0:
-        raise ValueError(f"ema_warmup_steps: must be > 0, got {warmup_steps}")
+    values = {"ema_decay": decay, "ema_warmup_steps": warmup_steps}
+    for name, why in ema_errors(decay, warmup_steps).items():
+        raise ValueError(f"{name}: {why}, got {values[name]}")

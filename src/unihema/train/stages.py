@@ -55,6 +55,7 @@ from unihema.train.config_sections import (
     validate_data,
     validate_runtime,
 )
+from unihema.train.ema import ema_errors
 from unihema.train.image_cache import CELL_INPUT_GROUPS, IMAGE_MEMORY_GROUPS, cached_tasks
 from unihema.train.losses import LossConfig
 from unihema.validation import is_int, is_number
@@ -246,14 +247,8 @@ class StageConfig:
                 f"{where}.text_memory",
                 f"applies to vqa and mlm only; the stage also has {vision}",
             )
-        decay, ramp = self.ema_decay, self.ema_warmup_steps
-        _require(
-            is_number(decay) and 0 <= decay < 1,
-            f"{where}.ema_decay",
-            "must be in [0, 1) (0: no average)",
-            decay,
-        )
-        _require(is_number(ramp) and ramp > 0, f"{where}.ema_warmup_steps", "must be a number > 0", ramp)
+        for name, why in ema_errors(self.ema_decay, self.ema_warmup_steps).items():
+            raise TrainConfigError.for_field(f"{where}.{name}", why, getattr(self, name))
         _require(
             isinstance(self.image_cache, bool),
             f"{where}.image_cache",

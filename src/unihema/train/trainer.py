@@ -303,6 +303,8 @@ class Trainer:
                 "stage %s ends on the moving average of its weights (decay %g, %d updates)",
                 stage.name, stage.ema_decay, run.ema.updates,
             )  # fmt: skip
+            # The model now is the average: the stage-end checkpoint needs no second copy of it.
+            run.ema = None
         progress.stage_done = True
         progress.completed_stages.append(stage.name)
         self._checkpoint(stage_checkpoint_name(index, stage.name), run, progress)

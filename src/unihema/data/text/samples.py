@@ -65,6 +65,7 @@ def text_samples(
         return [pairs[i] for i in indices]
 
     def keep_groups(groups: list[list[tuple[str, str]]], limit: int | None) -> list[tuple[str, str]]:
+        # Single questions draw as ``keep`` always did, so corpora built before ``checks`` stay the same.
         if all(len(group) == 1 for group in groups):
             return keep([group[0] for group in groups], limit)
         if limit is None or limit >= sum(map(len, groups)):
